@@ -1,0 +1,259 @@
+"""Paths, profiles and run settings: the one place every path and budget comes from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = PROJECT_ROOT / "data"
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+
+CLASS_NAMES = ("NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented")
+BINARY_CLASS_NAMES = ("NC", "AD")
+SPLITS = ("train", "val", "test")
+SPLIT_POLICIES = ("subject", "shipped")
+MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0")
+CONTROL_MODEL_NAME = "baseline_cnn_permuted"
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Data size, image size and training budget of one kind of run."""
+
+    name: str
+    image_size: int
+    batch_size: int
+    epochs: int
+    warmup_epochs: int
+    cohort_subjects: dict = field(default_factory=dict)
+    slices_per_subject: int = 32
+    max_feature_points: int = 2000
+    robustness_images: int = 200
+    gradcam_images: int = 8
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        """Return the profile as a JSON-ready dict."""
+        return asdict(self)
+
+
+# Cohort sizes keep every class splittable 70/15/15 by subject and the class mix imbalanced
+# like the Kaggle set (most NonDemented, fewest ModerateDemented).
+PROFILES = {
+    "smoke": Profile(
+        name="smoke",
+        image_size=64,
+        batch_size=16,
+        epochs=1,
+        warmup_epochs=1,
+        cohort_subjects={"NonDemented": 6, "VeryMildDemented": 5, "MildDemented": 4, "ModerateDemented": 4},
+        slices_per_subject=4,
+        max_feature_points=200,
+        robustness_images=16,
+        gradcam_images=2,
+        description="tests and CI: tiny data, one epoch, seconds per notebook",
+    ),
+    "cpu": Profile(
+        name="cpu",
+        image_size=96,
+        batch_size=32,
+        epochs=8,
+        warmup_epochs=2,
+        cohort_subjects={"NonDemented": 56, "VeryMildDemented": 40, "MildDemented": 28, "ModerateDemented": 20},
+        slices_per_subject=10,
+        max_feature_points=1500,
+        robustness_images=160,
+        gradcam_images=6,
+        description="default without a GPU: a real but modest run, about 30 minutes on 2 cores",
+    ),
+    "full": Profile(
+        name="full",
+        image_size=224,
+        batch_size=32,
+        epochs=50,
+        warmup_epochs=5,
+        cohort_subjects={"NonDemented": 80, "VeryMildDemented": 56, "MildDemented": 40, "ModerateDemented": 24},
+        slices_per_subject=32,
+        max_feature_points=4000,
+        robustness_images=600,
+        gradcam_images=8,
+        description="the seed recipe: 224 px, batch 32, 50 epochs; default when a GPU is visible",
+    ),
+}
+
+
+def gpu_available() -> bool:
+    """Return True when TensorFlow sees at least one GPU (imports TensorFlow lazily)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def default_profile_name() -> str:
+    """Return the profile named by ALZ_PROFILE, else `full` with a GPU and `cpu` without."""
+    return os.environ.get("ALZ_PROFILE") or ("full" if gpu_available() else "cpu")
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the profile called `name` (None: ALZ_PROFILE or the hardware default)."""
+    name = name or default_profile_name()
+    if name not in PROFILES:
+        raise ValueError(f"Unknown profile {name!r}: expected one of {', '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
+def outputs_root() -> Path:
+    """Return the folder all outputs go under (ALZ_OUTPUTS_DIR overrides `outputs/`)."""
+    return Path(os.environ.get("ALZ_OUTPUTS_DIR") or PROJECT_ROOT / "outputs")
+
+
+def default_data_dir(profile: Profile) -> Path:
+    """Return where the synthetic cohort of `profile` lives (ALZ_DATA_DIR overrides)."""
+    override = os.environ.get("ALZ_DATA_DIR")
+    return Path(override) if override else DATA_DIR / "synthetic" / profile.name
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Every file and folder a run writes, under `outputs/<profile>/`."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def ingestion_report(self) -> Path:
+        return self.root / "ingestion_report.json"
+
+    @property
+    def eda(self) -> Path:
+        return self.root / "eda"
+
+    @property
+    def preprocessing(self) -> Path:
+        return self.root / "preprocessing"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def gradcam(self) -> Path:
+        return self.root / "gradcam"
+
+    @property
+    def comparison(self) -> Path:
+        return self.root / "comparison"
+
+    @property
+    def robustness(self) -> Path:
+        return self.root / "robustness"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def run_summary(self) -> Path:
+        return self.root / "run_summary.json"
+
+
+def output_paths(profile: Profile | str) -> OutputPaths:
+    """Return the output paths of `profile`."""
+    name = profile if isinstance(profile, str) else profile.name
+    return OutputPaths(outputs_root() / name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parameters a notebook runs with, checked and resolved."""
+
+    profile: Profile
+    seed: int
+    data_dir: Path
+    split: str
+    epochs: int
+    weights: str | None
+    deterministic: bool
+    paths: OutputPaths
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the data is the embedded synthetic cohort."""
+        return self.data_dir.resolve() == default_data_dir(self.profile).resolve()
+
+    def to_dict(self) -> dict:
+        """Return the settings as a JSON-ready dict."""
+        return {
+            "profile": self.profile.name,
+            "seed": self.seed,
+            "data_dir": str(self.data_dir),
+            "split": self.split,
+            "epochs": self.epochs,
+            "weights": self.weights,
+            "deterministic": self.deterministic,
+            "synthetic": self.synthetic,
+            "outputs": str(self.paths.root),
+        }
+
+
+def load_settings(
+    profile: str | None = None,
+    seed: int = DEFAULT_SEED,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "subject",
+    epochs: int | None = None,
+    weights: str | None = None,
+    deterministic: bool = False,
+) -> Settings:
+    """Check the notebook parameters and resolve defaults; raise ValueError naming a bad one."""
+    resolved = get_profile(profile)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"SEED must be a non-negative integer, got {seed!r}.")
+    if split not in SPLIT_POLICIES:
+        raise ValueError(f"SPLIT must be one of {SPLIT_POLICIES}, got {split!r}.")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"EPOCHS must be a positive integer or None, got {epochs!r}.")
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"DETERMINISTIC must be True or False, got {deterministic!r}.")
+    if weights is not None and weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise ValueError(f"WEIGHTS must be 'imagenet', 'none' or the path of a weights file; {weights!r} is none of these.")
+    if epochs is not None:
+        resolved = replace(resolved, epochs=epochs, warmup_epochs=min(resolved.warmup_epochs, epochs))
+    return Settings(
+        profile=resolved,
+        seed=seed,
+        data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(resolved),
+        split=split,
+        epochs=resolved.epochs,
+        weights=weights,
+        deterministic=deterministic,
+        paths=output_paths(resolved),
+    )

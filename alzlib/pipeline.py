@@ -1,0 +1,46 @@
+"""What every notebook after ingestion starts from: the manifest, its report and how to label results."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from alzlib import config
+from alzlib.io import read_json, read_parquet
+
+SYNTHETIC_LABEL = "synthetic cohort"
+
+
+def load_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
+    """Return the manifest and ingestion report written by notebook 01 for this profile."""
+    if not settings.paths.manifest.is_file():
+        raise FileNotFoundError(f"{settings.paths.manifest} does not exist: run 01_dataset_ingestion with "
+                                f"PROFILE={settings.profile.name!r} first (python run_all.py --only 01).")
+    return read_parquet(settings.paths.manifest), read_json(settings.paths.ingestion_report)
+
+
+def is_synthetic(ingestion_report: dict) -> bool:
+    """True when the run's data is the embedded synthetic cohort."""
+    return bool(ingestion_report.get("data_source", {}).get("synthetic"))
+
+
+def data_label(ingestion_report: dict) -> str:
+    """Return the label every title and table of this run carries ('synthetic cohort' or the data set)."""
+    if is_synthetic(ingestion_report):
+        return SYNTHETIC_LABEL
+    source = ingestion_report.get("data_source", {})
+    return f"{source.get('layout', 'data set')} ({ingestion_report.get('split_policy', 'subject')} split)"
+
+
+def class_names(ingestion_report: dict) -> list[str]:
+    """Return the task's class names in label-index order."""
+    return list(ingestion_report["classes"])
+
+
+def split_frame(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Return the rows of one split, naming the split when it is empty or unknown."""
+    if split not in config.SPLITS:
+        raise ValueError(f"Unknown split {split!r}: expected one of {config.SPLITS}.")
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"The {split} split of the manifest is empty: check the ingestion report's split warnings.")
+    return rows

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Run the pipeline notebooks in order with papermill and build the HTML report.
+
+    python run_all.py                      # the embedded synthetic cohort, `cpu` profile (`full` with a GPU)
+    python run_all.py --profile smoke      # tiny, for a quick check
+    python run_all.py --data /path/to/Alzheimer_s\\ Dataset --profile full
+    python run_all.py --only 09,10         # re-run some notebooks; --from 05 runs 05 to the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from alzlib import config, runner
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(config.PROFILES), default=None,
+                        help="data size, image size and epochs (default: ALZ_PROFILE, else full with a GPU, cpu without)")
+    parser.add_argument("--data", default=None, help="data set root (default: the synthetic cohort, made on first use)")
+    parser.add_argument("--split", choices=config.SPLIT_POLICIES, default="subject",
+                        help="subject: leakage-safe subject-level split (default); shipped: the data set's own split")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
+    parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
+    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip notebooks that already succeeded with the same parameters and are newer than their inputs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected notebooks; return the exit code."""
+    arguments = parse_arguments(argv)
+    profile = config.get_profile(arguments.profile)
+    paths = config.output_paths(profile)
+    data = str(arguments.data) if arguments.data else None
+    parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split}
+    try:
+        steps = runner.select_notebooks(runner.discover_notebooks(), arguments.only, arguments.start)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Profile {profile.name} ({profile.description}); data: {data or 'synthetic cohort (made on first use)'}; "
+          f"split: {arguments.split}; outputs: {paths.root}", flush=True)
+    try:
+        summary = runner.run_pipeline(steps, paths, parameters, kernel=arguments.kernel, resume=arguments.resume)
+    except runner.NotebookFailed as failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
+    print(f"Done in {summary['total_seconds']:.0f} s. Timings: {paths.run_summary}")
+    if paths.report.is_file():
+        print(f"Report: {paths.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Profiles, paths and notebook parameter checks."""
+
+from pathlib import Path
+
+import pytest
+
+from alzlib import config
+
+
+def test_profiles_have_increasing_budgets():
+    smoke, cpu, full = (config.PROFILES[name] for name in ("smoke", "cpu", "full"))
+    assert smoke.image_size < cpu.image_size < full.image_size
+    assert smoke.epochs < cpu.epochs < full.epochs
+    assert (full.image_size, full.batch_size, full.epochs, full.warmup_epochs) == (224, 32, 50, 5)
+
+
+@pytest.mark.parametrize("profile", list(config.PROFILES.values()), ids=list(config.PROFILES))
+def test_every_class_can_be_split_three_ways_by_subject(profile):
+    assert set(profile.cohort_subjects) == set(config.CLASS_NAMES)
+    assert min(profile.cohort_subjects.values()) >= 4
+    counts = [profile.cohort_subjects[name] for name in config.CLASS_NAMES]
+    assert counts == sorted(counts, reverse=True), "most NonDemented, fewest ModerateDemented"
+
+
+def test_profile_comes_from_environment(monkeypatch):
+    monkeypatch.setenv("ALZ_PROFILE", "smoke")
+    assert config.get_profile().name == "smoke"
+    assert config.get_profile("cpu").name == "cpu"
+
+
+def test_unknown_profile_is_named(monkeypatch):
+    with pytest.raises(ValueError, match="'huge'.*smoke, cpu, full"):
+        config.get_profile("huge")
+    monkeypatch.setenv("ALZ_PROFILE", "tiny")
+    with pytest.raises(ValueError, match="'tiny'"):
+        config.get_profile()
+
+
+def test_outputs_go_under_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    paths = config.output_paths("cpu")
+    assert paths.root == tmp_path / "cpu"
+    assert paths.manifest == tmp_path / "cpu" / "manifest.parquet"
+    assert paths.report.parent == paths.root
+
+
+def test_settings_defaults_to_synthetic_cohort(monkeypatch):
+    monkeypatch.delenv("ALZ_DATA_DIR", raising=False)
+    settings = config.load_settings("smoke")
+    assert settings.data_dir == config.DATA_DIR / "synthetic" / "smoke"
+    assert settings.synthetic
+    assert settings.to_dict()["split"] == "subject"
+
+
+def test_epochs_parameter_overrides_profile():
+    settings = config.load_settings("full", epochs=3)
+    assert settings.epochs == settings.profile.epochs == 3
+    assert settings.profile.warmup_epochs == 3
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"seed": "7"}, "SEED"),
+        ({"seed": -1}, "SEED"),
+        ({"split": "random"}, "SPLIT"),
+        ({"epochs": 0}, "EPOCHS"),
+        ({"epochs": 2.5}, "EPOCHS"),
+        ({"deterministic": "yes"}, "DETERMINISTIC"),
+        ({"weights": "/no/such/file.h5"}, "WEIGHTS"),
+    ],
+)
+def test_bad_notebook_parameters_are_named(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        config.load_settings("smoke", **arguments)
+
+
+def test_paths_are_built_from_project_root():
+    assert (config.PROJECT_ROOT / "alzlib" / "config.py").is_file()
+    assert config.NOTEBOOKS_DIR == config.PROJECT_ROOT / "notebooks"
+    assert isinstance(config.DATA_DIR, Path)
