@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Done in {summary['total_seconds']:.0f} s. Timings: {paths.run_summary}")
     if paths.report.is_file():
+        # Rebuilt here so the report links every executed notebook, 13_final_report's own page included.
+        from alzlib import report
+
+        report.render_notebooks_html(paths.notebooks)
+        report.build_report(paths)
         print(f"Report: {paths.report}")
     return 0
 

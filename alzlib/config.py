@@ -184,6 +184,10 @@ class OutputPaths:
     def run_summary(self) -> Path:
         return self.root / "run_summary.json"
 
+    @property
+    def run_metadata(self) -> Path:
+        return self.root / "run_metadata.json"
+
 
 def output_paths(profile: Profile | str) -> OutputPaths:
     """Return the output paths of `profile`."""
