@@ -44,3 +44,29 @@ def split_frame(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     if rows.empty:
         raise ValueError(f"The {split} split of the manifest is empty: check the ingestion report's split warnings.")
     return rows
+
+
+def trained_models(settings: config.Settings, names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """Return the recipe records of the trained models among `names` and a skip entry for each missing one."""
+    from alzlib.io import read_json
+
+    found, missing = [], []
+    for name in names or list(config.MODEL_NAMES):
+        model_path = settings.paths.models / f"{name}.keras"
+        record_path = model_path.with_suffix(".json")
+        if model_path.is_file() and record_path.is_file():
+            found.append({**read_json(record_path), "model_path": str(model_path)})
+        else:
+            missing.append({"model": name, "reason": f"{model_path} or its recipe record does not exist "
+                                                     f"(train it with notebooks 05-08)"})
+    return found, missing
+
+
+def probability_function(model, spec: dict, batch_size: int = 32):
+    """Return a function from uint8 images to class probabilities, preprocessing them as `spec` records."""
+    from alzlib import evaluation
+
+    def predict(images):
+        return evaluation.predict_probabilities(model, evaluation.prepare_for_model(images, spec), batch_size)
+
+    return predict

@@ -394,7 +394,8 @@ def _with_clean(table: pd.DataFrame, corruption: str, metric: str) -> pd.DataFra
     return rows.assign(severity=severity)[["model", "severity", metric]]
 
 
-def plot_robustness_curves(table: pd.DataFrame, metric: str = "balanced_accuracy", chance: float | None = None):
+def plot_robustness_curves(table: pd.DataFrame, metric: str = "balanced_accuracy", chance: float | None = None,
+                           title: str = ""):
     """Return a Figure: one panel per corruption, `metric` against severity (0 = clean), a line per model."""
     from matplotlib.figure import Figure
 
@@ -418,10 +419,11 @@ def plot_robustness_curves(table: pd.DataFrame, metric: str = "balanced_accuracy
     axes[0].set_ylabel(metric.replace("_", " "))
     handles, names = axes[0].get_legend_handles_labels()
     figure.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=8)
+    figure.suptitle(title or f"{metric.replace('_', ' ')} under corruption")
     return figure
 
 
-def plot_robustness_heatmap(table: pd.DataFrame, metric: str = "balanced_accuracy"):
+def plot_robustness_heatmap(table: pd.DataFrame, metric: str = "balanced_accuracy", title: str = ""):
     """Return a Figure: models x corruptions, `metric` averaged over severities (clean column first)."""
     from matplotlib.figure import Figure
 
@@ -437,6 +439,7 @@ def plot_robustness_heatmap(table: pd.DataFrame, metric: str = "balanced_accurac
     axis.set_xticks(range(means.shape[1]), [name.replace("_", " ") for name in means.columns], rotation=45, ha="right")
     axis.set_yticks(range(means.shape[0]), means.index)
     figure.colorbar(image, ax=axis, label=f"mean {metric.replace('_', ' ')} over severities")
+    figure.suptitle(title or f"{metric.replace('_', ' ')} per model and corruption")
     return figure
 
 
@@ -458,3 +461,26 @@ def plot_corruption_grid(image: np.ndarray, seed: int = 0, corruptions: Sequence
                 axis.set_title("clean" if column == 0 else f"severity {column}", fontsize=8)
         axes[row, 0].set_ylabel(name.replace("_", " "), fontsize=8)
     return figure
+
+
+def run_robustness(settings, manifest: pd.DataFrame, images_uint8: np.ndarray, model_records: Sequence[dict],
+                   seed: int = 0) -> dict:
+    """Score every trained model on corrupted test images; write the tables and return them with the sample.
+
+    `images_uint8` is the uint8 cache aligned with `manifest`; `model_records` are recipe records with a
+    `model_path` (alzlib.pipeline.trained_models).
+    """
+    from alzlib import pipeline, training
+
+    sample = sample_test_rows(manifest.reset_index(drop=True), settings.profile.robustness_images, seed)
+    positions = pd.Index(manifest["path"]).get_indexer(sample["path"])
+    functions = {record["model"]: pipeline.probability_function(training.load_trained_model(record["model_path"]),
+                                                                 record["preprocessing"])
+                 for record in model_records}
+    table = evaluate_robustness(functions, images_uint8[positions], sample["label_index"].to_numpy(),
+                                sample["subject_id"].to_numpy(), seed)
+    reference = "baseline_cnn" if "baseline_cnn" in functions else next(iter(functions))
+    errors = corruption_errors(table, reference_model=reference)
+    files = write_robustness_tables(table, errors, settings.paths.robustness)
+    return {"table": table, "errors": errors, "sample": sample, "reference_model": reference,
+            "files": {key: str(value) for key, value in files.items()}}

@@ -99,6 +99,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _kernel_manager_class():
+    """Return a kernel manager that talks to the kernel over local IPC sockets on POSIX (TCP elsewhere).
+
+    Over TCP, ipykernel warns on every start that traffic is unencrypted; IPC sockets are files readable only by
+    this user, so there is nothing to warn about and the run's output stays clean.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IpcKernelManager
+
+
 def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: dict, kernel: str | None) -> float:
     """Execute one notebook with papermill; return its wall time in seconds or raise NotebookFailed."""
     import papermill
@@ -108,7 +126,8 @@ def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: 
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(step.path), str(output), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(step.path.parent), progress_bar=False, log_output=False)
+                                   cwd=str(step.path.parent), progress_bar=False, log_output=False,
+                                   kernel_manager_class=_kernel_manager_class())
     except Exception as error:  # papermill wraps cell errors; any failure stops the run here
         raise NotebookFailed(step.name, output, error) from error
     return time.perf_counter() - started

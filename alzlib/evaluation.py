@@ -1,0 +1,755 @@
+"""Evaluation (notebook 09): metrics with subject-bootstrap intervals, calibration, subject votes and figures."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from alzlib import config
+from alzlib.io import atomic_path, read_json, save_figure, write_json, write_parquet
+
+CONFIDENCE = 0.95
+ECE_BINS = 15
+BOOTSTRAP_RESAMPLES = 1000
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
+EVALUATED_SPLITS = ("val", "test")
+LEVELS = ("slice", "subject")
+PREDICTION_COLUMNS = ("path", "subject_id", "split", "label_index")
+# Temperatures searched on a log scale: below 0.05 or above 20 a model is broken, not miscalibrated.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+# Keeps the (resamples x slices) weight matrix of one bootstrap chunk near 400 MB at most.
+BOOTSTRAP_CHUNK_ELEMENTS = 50_000_000
+PROBABILITY_EPSILON = 1e-12
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _check_labels_and_probabilities(y_true, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """Return labels (int, N) and probabilities (float, N x K), raising ValueError on bad shapes or values."""
+    labels = np.asarray(y_true)
+    scores = np.asarray(probabilities, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"probabilities must be a 2-D array (images x classes, at least 2 classes); "
+                         f"got shape {scores.shape}.")
+    if labels.ndim != 1 or len(labels) != len(scores):
+        raise ValueError(f"y_true must be 1-D with one label per probability row ({len(scores)}); "
+                         f"got shape {labels.shape}.")
+    if len(labels) == 0:
+        raise ValueError("No predictions to evaluate: y_true is empty.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.mod(labels, 1) == 0):
+            raise ValueError("y_true must hold integer class indices.")
+        labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= scores.shape[1]:
+        raise ValueError(f"y_true holds class indices outside 0..{scores.shape[1] - 1}: "
+                         f"{sorted(set(labels.tolist()))}.")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("probabilities contain NaN or infinite values.")
+    return labels.astype(np.int64), scores
+
+
+def _is_probability_matrix(values: np.ndarray) -> bool:
+    """True when every row is non-negative and sums to 1 (softmax output)."""
+    return bool(values.min() >= 0 and values.max() <= 1 and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _finite_or_none(value):
+    """Return a float, or None where the value is undefined (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def strict_json(value):
+    """Replace NaN and infinities by None recursively so the result can be written as strict JSON."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return _finite_or_none(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Return row-wise softmax probabilities of `logits` (numerically stable)."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def one_vs_rest_roc(y_true, probabilities, class_names: Sequence[str] | None = None) -> dict:
+    """Return per-class one-vs-rest ROC AUC and curves; a class with no positives or negatives gets None, a reason."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    names = _class_names(class_names, scores.shape[1])
+    per_class, curves = {}, {}
+    for index, name in enumerate(names):
+        positive = labels == index
+        if positive.all() or not positive.any():
+            reason = "class absent from the split" if not positive.any() else "no other class in the split"
+            per_class[name] = {"auc": None, "reason": reason, "positives": int(positive.sum())}
+            continue
+        false_positive_rate, true_positive_rate, _ = roc_curve(positive, scores[:, index])
+        per_class[name] = {"auc": float(roc_auc_score(positive, scores[:, index])), "positives": int(positive.sum())}
+        curves[name] = {"false_positive_rate": false_positive_rate.tolist(),
+                        "true_positive_rate": true_positive_rate.tolist()}
+    defined = [entry["auc"] for entry in per_class.values() if entry["auc"] is not None]
+    macro = float(np.mean(defined)) if defined else None
+    return {"per_class": per_class, "macro_auc": macro, "classes_scored": len(defined), "curves": curves}
+
+
+def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """Return the class names, or class_0.. when none were given, checking their count."""
+    if class_names is None:
+        return [f"class_{index}" for index in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names given for {num_classes} probability columns.")
+    return list(class_names)
+
+
+def confusion_matrices(y_true, predictions, num_classes: int) -> dict:
+    """Return the confusion matrix (rows true, columns predicted) as counts and row-normalised (None for empty rows)."""
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(y_true, predictions, labels=list(range(num_classes)))
+    row_totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(row_totals > 0, counts / np.maximum(row_totals, 1), np.nan)
+    return {"counts": counts.tolist(), "row_normalised": strict_json(normalised)}
+
+
+def classification_metrics(y_true, probabilities, class_names: Sequence[str] | None = None) -> dict:
+    """Return accuracy, balanced accuracy, macro/weighted F1, per-class scores, OvR ROC AUC and confusion matrices."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    names = _class_names(class_names, scores.shape[1])
+    predictions = scores.argmax(axis=1)
+    with warnings.catch_warnings():
+        # A class predicted but absent from y_true is expected on small splits; its recall is simply undefined.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(labels, predictions)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=list(range(len(names))), zero_division=np.nan)
+    per_class = {name: {"precision": _finite_or_none(precision[i]), "recall": _finite_or_none(recall[i]),
+                        "f1": _finite_or_none(f1[i]), "support": int(support[i])} for i, name in enumerate(names)}
+    roc = one_vs_rest_roc(labels, scores, names)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(balanced),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(labels, predictions, average="weighted", zero_division=0)),
+        "macro_auc": roc["macro_auc"],
+        "per_class": per_class,
+        "roc_auc": roc["per_class"],
+        "confusion_matrix": confusion_matrices(labels, predictions, len(names)),
+    }
+
+
+def calibration_bins(y_true, probabilities, bins: int = ECE_BINS) -> dict:
+    """Return the equal-width bins of max-probability confidence with count, mean confidence and accuracy per bin."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    if bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins}.")
+    confidence = scores.max(axis=1)
+    correct = (scores.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bins are (lower, upper]; a confidence of exactly 0 (impossible for a softmax) would fall in the first.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / counts
+    return {"lower": edges[:-1], "upper": edges[1:], "count": counts, "confidence": mean_confidence,
+            "accuracy": accuracy}
+
+
+def expected_calibration_error(y_true, probabilities, bins: int = ECE_BINS) -> float:
+    """Return the ECE: the count-weighted mean gap between accuracy and confidence over equal-width bins."""
+    table = calibration_bins(y_true, probabilities, bins)
+    filled = table["count"] > 0
+    gaps = np.abs(table["accuracy"][filled] - table["confidence"][filled])
+    return float(np.sum(table["count"][filled] * gaps) / table["count"].sum())
+
+
+def brier_score(y_true, probabilities) -> float:
+    """Return the multi-class Brier score: mean over images of the squared distance to the one-hot label."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    one_hot = np.eye(scores.shape[1])[labels]
+    return float(np.mean(np.sum((scores - one_hot) ** 2, axis=1)))
+
+
+def negative_log_likelihood(y_true, probabilities) -> float:
+    """Return the mean negative log-probability of the true class."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    return float(-np.mean(np.log(np.clip(scores[np.arange(len(labels)), labels], PROBABILITY_EPSILON, None))))
+
+
+def _to_logits(logits_or_probs, kind: str) -> np.ndarray:
+    """Return logits; probabilities are turned into log-probabilities (softmax-equivalent logits)."""
+    values = np.asarray(logits_or_probs, dtype=np.float64)
+    if kind not in ("auto", "logits", "probabilities"):
+        raise ValueError(f"kind must be 'auto', 'logits' or 'probabilities', got {kind!r}.")
+    if kind == "probabilities" or (kind == "auto" and _is_probability_matrix(values)):
+        return np.log(np.clip(values, PROBABILITY_EPSILON, None))
+    return values
+
+
+def apply_temperature(logits_or_probs, temperature: float, kind: str = "auto") -> np.ndarray:
+    """Return softmax(logits / temperature); probabilities are first turned into log-probabilities."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    return softmax(_to_logits(logits_or_probs, kind) / temperature)
+
+
+def fit_temperature(logits_or_probs, y_true, kind: str = "auto") -> float:
+    """Return the temperature that minimises the negative log-likelihood of `y_true` (fit on validation only)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = _to_logits(logits_or_probs, kind)
+    labels, _ = _check_labels_and_probabilities(y_true, logits)
+
+    def loss(log_temperature: float) -> float:
+        scaled = logits / np.exp(log_temperature)
+        shifted = scaled - scaled.max(axis=1, keepdims=True)
+        log_normaliser = np.log(np.exp(shifted).sum(axis=1))
+        return float(np.mean(log_normaliser - shifted[np.arange(len(labels)), labels]))
+
+    bounds = (math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1]))
+    result = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+# ----------------------------------------------------------------------------------------------- subjects and bootstrap
+
+
+def soft_vote(probabilities, subject_ids, y_true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (subject ids, subject labels, mean probability over each subject's slices), in first-seen order."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    subjects = np.asarray(subject_ids)
+    if len(subjects) != len(labels):
+        raise ValueError(f"subject_ids has {len(subjects)} entries for {len(labels)} predictions.")
+    if pd.isna(subjects).any():
+        raise ValueError("subject_ids contains missing values: every image needs a subject to be voted.")
+    frame = pd.DataFrame(scores).assign(subject_id=subjects, label=labels)
+    label_counts = frame.groupby("subject_id", sort=False)["label"].nunique()
+    mixed = label_counts[label_counts > 1]
+    if len(mixed):
+        raise ValueError(f"Subjects with slices of more than one label cannot be voted: {list(mixed.index[:5])}.")
+    grouped = frame.groupby("subject_id", sort=False)
+    mean_scores = grouped[list(range(scores.shape[1]))].mean()
+    subject_labels = grouped["label"].first().loc[mean_scores.index]
+    return mean_scores.index.to_numpy(), subject_labels.to_numpy(np.int64), mean_scores.to_numpy(np.float64)
+
+
+def _subject_codes(subject_ids, count: int) -> tuple[np.ndarray, int]:
+    """Return an integer code per slice for its subject and the number of subjects."""
+    subjects = np.asarray(subject_ids)
+    if len(subjects) != count:
+        raise ValueError(f"subject_ids has {len(subjects)} entries for {count} predictions.")
+    if pd.isna(subjects).any():
+        raise ValueError("subject_ids contains missing values: every image needs a subject for the subject bootstrap.")
+    codes, uniques = pd.factorize(subjects)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _confusion_batch(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return weighted confusion matrices, one per weight row (resamples x true x predicted)."""
+    pair = labels * num_classes + predictions
+    one_hot = np.zeros((len(labels), num_classes * num_classes))
+    one_hot[np.arange(len(labels)), pair] = 1.0
+    return (weights @ one_hot).reshape(len(weights), num_classes, num_classes)
+
+
+def _metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Return accuracy, balanced accuracy, macro and weighted F1 for a batch of confusion matrices (sklearn rules)."""
+    true_positive = np.diagonal(confusion, axis1=1, axis2=2)
+    support = confusion.sum(axis=2)
+    predicted = confusion.sum(axis=1)
+    total = support.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, true_positive / support, np.nan)
+        f1_denominator = support + predicted
+        f1 = np.where(f1_denominator > 0, 2 * true_positive / f1_denominator, np.nan)
+        weighted_f1 = np.nansum(np.where(support > 0, f1 * support, 0.0), axis=1) / total
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, handled by the caller
+            return {"accuracy": true_positive.sum(axis=1) / total, "balanced_accuracy": np.nanmean(recall, axis=1),
+                    "macro_f1": np.nanmean(f1, axis=1), "weighted_f1": weighted_f1}
+
+
+def _weighted_auc_batch(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Return the weighted Mann-Whitney AUC (ties count half) of one score column for each weight row."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, sorted_positive = scores[order], positive[order]
+    sorted_weights = weights[:, order]
+    starts = np.flatnonzero(np.r_[True, np.diff(sorted_scores) != 0])
+    positive_mass = np.add.reduceat(sorted_weights * sorted_positive, starts, axis=1)
+    negative_mass = np.add.reduceat(sorted_weights * ~sorted_positive, starts, axis=1)
+    negatives_below = np.cumsum(negative_mass, axis=1) - negative_mass
+    positive_total, negative_total = positive_mass.sum(axis=1), negative_mass.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pairs_ranked_right = np.sum(positive_mass * (negatives_below + 0.5 * negative_mass), axis=1)
+        area = pairs_ranked_right / (positive_total * negative_total)
+    return np.where((positive_total > 0) & (negative_total > 0), area, np.nan)
+
+
+def _macro_auc_batch(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Return the macro one-vs-rest AUC over classes defined in each resample."""
+    per_class = np.stack([_weighted_auc_batch(scores[:, index], labels == index, weights)
+                          for index in range(scores.shape[1])], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_class, axis=1)
+
+
+def _weighted_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, metrics: Sequence[str]) -> dict:
+    """Return each named metric for every weight row (one row per resample)."""
+    results = {}
+    confusion_names = [name for name in metrics if name != "macro_auc"]
+    if confusion_names:
+        batch = _metrics_from_confusion(_confusion_batch(labels, scores.argmax(axis=1), weights, scores.shape[1]))
+        results.update({name: batch[name] for name in confusion_names})
+    if "macro_auc" in metrics:
+        results["macro_auc"] = _macro_auc_batch(labels, scores, weights)
+    return results
+
+
+def _resample_subject_counts(num_subjects: int, resamples: int, seed: int) -> np.ndarray:
+    """Return how often each subject is drawn in each resample (resamples x subjects); seeded."""
+    generator = np.random.default_rng(seed)
+    # Drawing S subjects with replacement is a multinomial draw of their counts.
+    return generator.multinomial(num_subjects, np.full(num_subjects, 1.0 / num_subjects), size=resamples)
+
+
+def _interval(values: np.ndarray, estimate, confidence: float) -> dict:
+    """Return the percentile interval of the defined bootstrap values around the point estimate."""
+    defined = values[np.isfinite(values)]
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = (np.percentile(defined, [tail, 100.0 - tail]) if len(defined) else (np.nan, np.nan))
+    return {"estimate": _finite_or_none(estimate), "low": _finite_or_none(low), "high": _finite_or_none(high),
+            "confidence": confidence, "resamples": int(len(values)),
+            "undefined_resamples": int(len(values) - len(defined))}
+
+
+def bootstrap_intervals(y_true, probabilities, subject_ids, metrics: Sequence[str] = INTERVAL_METRICS,
+                        n: int = BOOTSTRAP_RESAMPLES, seed: int = config.DEFAULT_SEED,
+                        confidence: float = CONFIDENCE) -> dict:
+    """Return percentile intervals of several metrics from one seeded bootstrap that resamples subjects."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    unknown = set(metrics) - set(INTERVAL_METRICS)
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {sorted(unknown)}: expected names from {INTERVAL_METRICS} or a callable.")
+    if n < 1 or not 0 < confidence < 1:
+        raise ValueError(f"Need n >= 1 resamples and 0 < confidence < 1; got n={n}, confidence={confidence}.")
+    codes, num_subjects = _subject_codes(subject_ids, len(labels))
+    counts = _resample_subject_counts(num_subjects, n, seed)
+    estimates = _weighted_metrics(labels, scores, np.ones((1, len(labels))), metrics)
+    chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // len(labels))
+    parts = [_weighted_metrics(labels, scores, counts[start:start + chunk][:, codes].astype(np.float64), metrics)
+             for start in range(0, n, chunk)]
+    intervals = {name: _interval(np.concatenate([part[name] for part in parts]), estimates[name][0], confidence)
+                 for name in metrics}
+    for entry in intervals.values():
+        entry["subjects"] = num_subjects
+    return intervals
+
+
+def subject_bootstrap(y_true, probabilities, subject_ids, metric: str | Callable = "balanced_accuracy",
+                      n: int = BOOTSTRAP_RESAMPLES, seed: int = config.DEFAULT_SEED,
+                      confidence: float = CONFIDENCE) -> dict:
+    """Return the point estimate and percentile interval of `metric` from a bootstrap that resamples subjects.
+
+    `metric` is a name from INTERVAL_METRICS (vectorised) or a callable `metric(y_true, probabilities) -> float`
+    evaluated on each resample (slower). Slices of one subject always enter or leave a resample together.
+    """
+    if not callable(metric):
+        return bootstrap_intervals(y_true, probabilities, subject_ids, (metric,), n, seed, confidence)[metric]
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    codes, num_subjects = _subject_codes(subject_ids, len(labels))
+    counts = _resample_subject_counts(num_subjects, n, seed)
+    values = []
+    for row in counts:
+        selected = np.repeat(np.arange(len(labels)), row[codes])
+        values.append(metric(labels[selected], scores[selected]))
+    result = _interval(np.asarray(values, dtype=np.float64), metric(labels, scores), confidence)
+    result["subjects"] = num_subjects
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- paired test
+
+
+def mcnemar_test(correct_a, correct_b, exact_below: int = 25) -> dict:
+    """Return McNemar's test of two classifiers' paired correctness (exact binomial below `exact_below` discordant)."""
+    from scipy.stats import binomtest, chi2
+
+    first, second = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"correct_a and correct_b must be 1-D and paired; got shapes {first.shape} and "
+                         f"{second.shape}.")
+    only_first, only_second = int(np.sum(first & ~second)), int(np.sum(~first & second))
+    discordant = only_first + only_second
+    table = {"both_correct": int(np.sum(first & second)), "only_a_correct": only_first,
+             "only_b_correct": only_second, "both_wrong": int(np.sum(~first & ~second))}
+    if discordant == 0:
+        return {**table, "statistic": 0.0, "p_value": 1.0, "method": "no discordant pairs"}
+    if discordant < exact_below:
+        p_value = binomtest(min(only_first, only_second), discordant, 0.5).pvalue
+        return {**table, "statistic": float(min(only_first, only_second)), "p_value": float(min(1.0, p_value)),
+                "method": "exact binomial"}
+    statistic = (abs(only_first - only_second) - 1) ** 2 / discordant
+    return {**table, "statistic": float(statistic), "p_value": float(chi2.sf(statistic, 1)),
+            "method": "chi-square with continuity correction"}
+
+
+# ----------------------------------------------------------------------------------------------- predictions
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Return the model's class probabilities for model-ready images, predicted in batches."""
+    if len(images) == 0:
+        raise ValueError("No images to predict.")
+    outputs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if outputs.ndim != 2:
+        raise ValueError(f"The model must output one score per class (2-D); it gave shape {outputs.shape}.")
+    # A model that ends in logits is scored on their softmax so every later step sees probabilities.
+    return outputs if _is_probability_matrix(outputs) else softmax(outputs)
+
+
+def prepare_for_model(images: np.ndarray, spec: dict | None) -> np.ndarray:
+    """Return model-ready float images: `prepare_images(images, spec)`, or the arrays as float32 when spec is None."""
+    if spec is not None:
+        from alzlib.preprocessing import prepare_images
+
+        return np.asarray(prepare_images(images, spec))
+    arrays = np.asarray(images, dtype=np.float32)
+    return arrays[..., np.newaxis] if arrays.ndim == 3 else arrays
+
+
+def predictions_frame(manifest: pd.DataFrame, probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """Return the predictions table: path, subject_id, split, label_index, prob_<class>..., pred_index."""
+    missing = [column for column in PREDICTION_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(f"The manifest lacks column(s) {missing} needed for predictions.")
+    scores = np.asarray(probabilities, dtype=np.float64)
+    if len(scores) != len(manifest):
+        raise ValueError(f"{len(scores)} probability rows for {len(manifest)} manifest rows: images and manifest "
+                         f"must align.")
+    names = _class_names(class_names, scores.shape[1])
+    frame = manifest.loc[:, list(PREDICTION_COLUMNS)].reset_index(drop=True).copy()
+    frame["label_index"] = frame["label_index"].astype(np.int64)
+    for index, name in enumerate(names):
+        frame[f"prob_{name}"] = scores[:, index]
+    frame["pred_index"] = scores.argmax(axis=1).astype(np.int64)
+    return frame
+
+
+def probability_columns(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray:
+    """Return the prob_<class> columns of a predictions table as an array, naming a missing column."""
+    columns = [f"prob_{name}" for name in class_names]
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"The predictions table lacks {missing}: were they written for other class names?")
+    return frame[columns].to_numpy(np.float64)
+
+
+def subject_predictions_frame(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Return the soft-vote table per split: subject_id, split, label_index, prob_<class>..., pred_index, slices."""
+    parts = []
+    for split, rows in frame.groupby("split", sort=False):
+        subjects, labels, scores = soft_vote(probability_columns(rows, class_names), rows["subject_id"],
+                                             rows["label_index"])
+        part = pd.DataFrame({"subject_id": subjects, "split": split, "label_index": labels})
+        for index, name in enumerate(class_names):
+            part[f"prob_{name}"] = scores[:, index]
+        part["pred_index"] = scores.argmax(axis=1)
+        part["slices"] = rows.groupby("subject_id", sort=False).size().loc[subjects].to_numpy()
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def _title(model_name: str, what: str, split: str, data_label: str) -> str:
+    """Return a figure title that always names the data (so synthetic results stay labelled)."""
+    title = f"{model_name}: {what}, {split} split"
+    return f"{title} ({data_label})" if data_label else title
+
+
+def plot_confusion_matrices(confusion: dict, class_names: Sequence[str], title: str):
+    """Return a figure with the confusion matrix as counts (left) and row-normalised (right)."""
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion["counts"], dtype=np.float64)
+    normalised = np.array([[np.nan if value is None else value for value in row]
+                           for row in confusion["row_normalised"]])
+    figure = Figure(figsize=(11, 5), layout="constrained")
+    for panel, (axis, matrix, label, fmt) in enumerate(zip(figure.subplots(1, 2), (counts, normalised),
+                                                           ("counts", "row-normalised"), ("{:.0f}", "{:.2f}"))):
+        image = axis.imshow(np.nan_to_num(matrix), cmap="Blues", vmin=0, vmax=None if label == "counts" else 1)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+        threshold = np.nanmax(matrix) / 2 if np.isfinite(matrix).any() else 0
+        for (row, column), value in np.ndenumerate(matrix):
+            text = "n/a" if np.isnan(value) else fmt.format(value)
+            axis.text(column, row, text, ha="center", va="center", fontsize=8,
+                      color="white" if np.isfinite(value) and value > threshold else "black")
+        axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true",
+                 title=label)
+        axis.set_xticklabels(class_names, rotation=35, ha="right", fontsize=8)
+        axis.set_yticklabels(class_names if panel == 0 else [], fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def plot_roc_curves(roc: dict, title: str):
+    """Return a figure of the one-vs-rest ROC curves; classes without a curve are named in the legend."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 5))
+    axis = figure.subplots()
+    for name, entry in roc["per_class"].items():
+        if entry["auc"] is None:
+            axis.plot([], [], linestyle="none", label=f"{name}: no curve ({entry['reason']})")
+            continue
+        curve = roc["curves"][name]
+        axis.plot(curve["false_positive_rate"], curve["true_positive_rate"], label=f"{name} (AUC {entry['auc']:.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+    axis.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    axis.legend(fontsize=7, loc="lower right")
+    return figure
+
+
+def plot_reliability_diagram(tables: dict[str, dict], title: str):
+    """Return a reliability diagram (accuracy against confidence per bin) for one or more calibration tables."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 6))
+    axis, histogram = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    for label, table in tables.items():
+        filled = np.asarray(table["count"]) > 0
+        centres = (np.asarray(table["lower"]) + np.asarray(table["upper"])) / 2
+        axis.plot(np.asarray(table["confidence"])[filled], np.asarray(table["accuracy"])[filled], marker="o",
+                  label=label)
+        histogram.bar(centres, table["count"], width=np.diff(table["lower"][:2])[0] if len(table["lower"]) > 1 else 1,
+                      alpha=0.4, label=label)
+    axis.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    axis.legend(fontsize=8)
+    histogram.set(xlabel="confidence (max probability)", ylabel="images")
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------- per model
+
+
+def calibration_summary(y_true, probabilities, bins: int = ECE_BINS) -> dict:
+    """Return ECE, Brier score, negative log-likelihood and the reliability table."""
+    table = calibration_bins(y_true, probabilities, bins)
+    return {"ece": expected_calibration_error(y_true, probabilities, bins), "brier": brier_score(y_true, probabilities),
+            "nll": negative_log_likelihood(y_true, probabilities), "bins": strict_json(table)}
+
+
+def _level_results(labels, scores, subjects, class_names, n_bootstrap, seed, bins) -> dict:
+    """Return the metrics, intervals and calibration of one split at one level (slice or subject)."""
+    return {"metrics": classification_metrics(labels, scores, class_names),
+            "intervals": bootstrap_intervals(labels, scores, subjects, INTERVAL_METRICS, n_bootstrap, seed),
+            "calibration": calibration_summary(labels, scores, bins),
+            "images": int(len(labels)), "subjects": int(pd.Series(subjects).nunique())}
+
+
+def _temperature_results(frame: pd.DataFrame, class_names: Sequence[str], bins: int) -> dict:
+    """Fit the temperature on validation and report test calibration before and after it (or why it was skipped)."""
+    splits = set(frame["split"])
+    if not {"val", "test"} <= splits:
+        return {"skipped": f"temperature scaling needs val and test predictions; found {sorted(splits)}"}
+    validation, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
+    validation_scores = probability_columns(validation, class_names)
+    test_scores = probability_columns(test, class_names)
+    temperature = fit_temperature(validation_scores, validation["label_index"], kind="probabilities")
+    test_labels = test["label_index"].to_numpy()
+    scaled = apply_temperature(test_scores, temperature, kind="probabilities")
+    return {"temperature": temperature, "fitted_on": "val",
+            "val_nll_before": negative_log_likelihood(validation["label_index"], validation_scores),
+            "val_nll_after": negative_log_likelihood(
+                validation["label_index"], apply_temperature(validation_scores, temperature, "probabilities")),
+            "test_before": calibration_summary(test_labels, test_scores, bins),
+            "test_after": calibration_summary(test_labels, scaled, bins),
+            "test_accuracy_unchanged": bool(np.array_equal(scaled.argmax(axis=1), test_scores.argmax(axis=1)))}
+
+
+def _write_figures(result: dict, frame: pd.DataFrame, class_names, out_dir: Path, model_name: str,
+                   data_label: str, bins: int) -> list[str]:
+    """Write confusion, ROC and reliability figures of the test split (slice and subject level); return the files."""
+    written = []
+    split = "test" if "test" in result["splits"] else next(iter(result["splits"]))
+    for level in LEVELS:
+        entry = result["splits"][split][level]
+        figure = plot_confusion_matrices(entry["metrics"]["confusion_matrix"], class_names,
+                                         _title(model_name, f"confusion matrix ({level} level)", split, data_label))
+        written.append(save_figure(figure, out_dir / f"confusion_{split}_{level}.png").name)
+    rows = frame[frame["split"] == split]
+    roc = one_vs_rest_roc(rows["label_index"], probability_columns(rows, class_names), class_names)
+    written.append(save_figure(plot_roc_curves(roc, _title(model_name, "one-vs-rest ROC", split, data_label)),
+                               out_dir / f"roc_{split}.png").name)
+    before = result["splits"][split]["slice"]["calibration"]
+    tables = {f"before temperature scaling (ECE {before['ece']:.3f})": before["bins"]}
+    if "temperature" in result["temperature_scaling"] and split == "test":
+        temperature = result["temperature_scaling"]["temperature"]
+        after = result["temperature_scaling"]["test_after"]
+        tables[f"after, T = {temperature:.2f} (ECE {after['ece']:.3f})"] = after["bins"]
+    figure = plot_reliability_diagram(tables, _title(model_name, f"reliability ({bins} bins)", split, data_label))
+    written.append(save_figure(figure, out_dir / f"reliability_{split}.png").name)
+    return written
+
+
+def evaluate_predictions(frame: pd.DataFrame, class_names: Sequence[str], out_dir: str | Path,
+                         seed: int = config.DEFAULT_SEED, data_label: str = "", model_name: str = "model",
+                         n_bootstrap: int = BOOTSTRAP_RESAMPLES, bins: int = ECE_BINS, figures: bool = True) -> dict:
+    """Compute every metric of a predictions table, write metrics.json, ROC curves and (optionally) figures."""
+    out_dir = Path(out_dir)
+    names = list(class_names)
+    result = {"model": model_name, "data_label": data_label, "class_names": names, "seed": seed,
+              "bootstrap": {"resamples": n_bootstrap, "unit": "subject", "confidence": CONFIDENCE,
+                            "method": "percentile"},
+              "ece_bins": bins, "splits": {}, "roc_curves": {}}
+    subject_frame = subject_predictions_frame(frame, names)
+    for split in [name for name in EVALUATED_SPLITS if name in set(frame["split"])]:
+        rows, subject_rows = frame[frame["split"] == split], subject_frame[subject_frame["split"] == split]
+        result["splits"][split] = {
+            "slice": _level_results(rows["label_index"].to_numpy(), probability_columns(rows, names),
+                                    rows["subject_id"].to_numpy(), names, n_bootstrap, seed, bins),
+            "subject": _level_results(subject_rows["label_index"].to_numpy(), probability_columns(subject_rows, names),
+                                      subject_rows["subject_id"].to_numpy(), names, n_bootstrap, seed, bins)}
+        roc = one_vs_rest_roc(rows["label_index"], probability_columns(rows, names), names)
+        result["roc_curves"][split] = roc["curves"]
+    if not result["splits"]:
+        raise ValueError(f"No val or test rows among the predictions (splits present: {sorted(set(frame['split']))}).")
+    result["temperature_scaling"] = _temperature_results(frame, names, bins)
+    write_parquet(out_dir / "subject_predictions.parquet", subject_frame)
+    result["figures"] = _write_figures(result, frame, names, out_dir, model_name, data_label, bins) if figures else []
+    roc_curves = result.pop("roc_curves")
+    write_json(out_dir / "roc_curves.json", strict_json(roc_curves))
+    result = strict_json(result)
+    write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def evaluate_model(model, images: np.ndarray, manifest: pd.DataFrame, class_names: Sequence[str], spec: dict | None,
+                   out_dir: str | Path, seed: int = config.DEFAULT_SEED, data_label: str = "",
+                   model_name: str | None = None, batch_size: int = 32, n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+                   bins: int = ECE_BINS, figures: bool = True) -> dict:
+    """Predict the val/test images, write predictions.parquet, metrics.json and figures; return the metrics.
+
+    `images` are the uint8 cache arrays aligned with `manifest` rows; `spec` is the model's recorded
+    preprocessing spec (None: the images are already model-ready).
+    """
+    if len(images) != len(manifest):
+        raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
+    name = model_name or getattr(model, "name", "model")
+    probabilities = predict_probabilities(model, prepare_for_model(images, spec), batch_size)
+    frame = predictions_frame(manifest, probabilities, class_names)
+    write_parquet(Path(out_dir) / "predictions.parquet", frame)
+    return evaluate_predictions(frame, class_names, out_dir, seed, data_label, name, n_bootstrap, bins, figures)
+
+
+# ----------------------------------------------------------------------------------------------- all models
+
+
+def permutation_control_check(metrics: dict, num_classes: int | None = None, metric: str = "balanced_accuracy",
+                              split: str = "test", level: str = "slice") -> dict:
+    """Report whether the label-permutation control's interval of `metric` includes chance (1 / num_classes)."""
+    classes = num_classes or len(metrics.get("class_names", []))
+    if classes < 2:
+        raise ValueError(f"num_classes must be at least 2 to define chance; got {classes}.")
+    try:
+        interval = metrics["splits"][split][level]["intervals"][metric]
+    except KeyError as error:
+        raise ValueError(f"The control's metrics have no {level}-level {metric} interval on the {split} split "
+                         f"(missing key {error}).") from error
+    chance = 1.0 / classes
+    if interval["low"] is None or interval["high"] is None:
+        raise ValueError(f"The control's {metric} interval is undefined: too few subjects in the {split} split.")
+    includes = interval["low"] <= chance <= interval["high"]
+    verdict = ("passes: the shuffled-label model is indistinguishable from chance" if includes else
+               "FAILS: the shuffled-label model beats or trails chance, which points to leakage or a pipeline bug")
+    return {"model": metrics.get("model"), "metric": metric, "split": split, "level": level, "chance": chance,
+            "estimate": interval["estimate"], "low": interval["low"], "high": interval["high"],
+            "includes_chance": bool(includes), "verdict": verdict}
+
+
+def summary_rows(metrics: dict, split: str = "test") -> list[dict]:
+    """Return the summary table rows (one per level) of one model's metrics.json content."""
+    if split not in metrics["splits"]:
+        raise ValueError(f"{metrics.get('model')} has no {split} results (splits: {list(metrics['splits'])}).")
+    rows, scaling = [], metrics.get("temperature_scaling", {})
+    for level in LEVELS:
+        entry = metrics["splits"][split][level]
+        row = {"model": metrics["model"], "split": split, "level": level, "images": entry["images"],
+               "subjects": entry["subjects"], "data_label": metrics.get("data_label", "")}
+        for name in INTERVAL_METRICS:
+            interval = entry["intervals"][name]
+            row.update({name: interval["estimate"], f"{name}_low": interval["low"], f"{name}_high": interval["high"]})
+        row.update({"ece": entry["calibration"]["ece"], "brier": entry["calibration"]["brier"],
+                    "nll": entry["calibration"]["nll"]})
+        after = scaling.get("test_after") if level == "slice" and split == "test" else None
+        row.update({"temperature": scaling.get("temperature") if after else None,
+                    "ece_after_temperature": after["ece"] if after else None,
+                    "brier_after_temperature": after["brier"] if after else None})
+        rows.append(row)
+    return rows
+
+
+def summarise_evaluations(evaluation_dir: str | Path, model_names: Sequence[str] | None = None,
+                          split: str = "test") -> pd.DataFrame:
+    """Combine every model's metrics.json into evaluation/summary.csv and summary.json (with the control check)."""
+    evaluation_dir = Path(evaluation_dir)
+    names = list(model_names) if model_names is not None else [*config.MODEL_NAMES, config.CONTROL_MODEL_NAME]
+    rows, missing, control = [], [], None
+    for name in names:
+        path = evaluation_dir / name / "metrics.json"
+        if not path.is_file():
+            missing.append({"model": name, "reason": f"{path} does not exist (model not trained or not evaluated)"})
+            continue
+        metrics = read_json(path)
+        rows.extend(summary_rows(metrics, split))
+        if name == config.CONTROL_MODEL_NAME:
+            try:
+                control = permutation_control_check(metrics, split=split)
+            except ValueError as error:  # an undefined interval is reported, not fatal to the summary
+                control = {"skipped": str(error)}
+    if not rows:
+        raise FileNotFoundError(f"No metrics.json under {evaluation_dir} for any of {names}: run evaluate_model first.")
+    table = pd.DataFrame(rows)
+    _write_csv(evaluation_dir / "summary.csv", table)
+    control_entry = control or {"skipped": f"{config.CONTROL_MODEL_NAME} was not evaluated"}
+    write_json(evaluation_dir / "summary.json", strict_json({"split": split, "rows": rows, "missing": missing,
+                                                           "permutation_control": control_entry}))
+    return table
+
+
+def _write_csv(path: str | Path, table: pd.DataFrame) -> Path:
+    """Write a table as CSV atomically; return the path."""
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+    return Path(path)

@@ -1,0 +1,535 @@
+"""Training (notebooks 05-08): the recipes, the callbacks, and the recipe record every trained model carries.
+
+Every model trains on the train split only; the best epoch is chosen on the validation split (balanced accuracy,
+ties broken by the lower validation loss); the test split is never read here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alzlib import config, environment, preprocessing
+from alzlib.io import atomic_path, read_json, save_figure, write_json
+
+CHECKPOINT_MONITOR = "val_balanced_accuracy"
+CHECKPOINT_RULE = ("highest validation balanced accuracy (mean per-class recall on the val split, computed in a "
+                   "callback each epoch); ties go to the lower validation loss; the test split is never used")
+# Measured on the 2-core CPU (see the training notes in the report): several train steps per tf.function call cut
+# Python overhead per step; on a GPU Keras' default of 1 is kept with XLA doing the fusion.
+CPU_STEPS_PER_EXECUTION = 4
+BASELINE_RECIPE = {
+    "optimizer": {"name": "Adam", "learning_rate": 1e-4},
+    "loss": {"name": "sparse_categorical_crossentropy", "label_smoothing": 0.0, "labels": "integer"},
+    "learning_rate_schedule": {"name": "ReduceLROnPlateau", "monitor": "val_loss", "factor": 0.5, "patience": 3,
+                               "min_lr": 1e-7},
+}
+TRANSFER_RECIPE = {
+    "optimizer": {"name": "AdamW", "learning_rate": 1e-3, "weight_decay": 1e-4, "clipnorm": 1.0},
+    "loss": {"name": "categorical_crossentropy", "label_smoothing": 0.1, "labels": "one-hot"},
+    "learning_rate_schedule": {"name": "linear warm-up then cosine decay (per epoch)", "base_learning_rate": 1e-3},
+}
+
+
+# ----------------------------------------------------------------------------------------------- recipe pieces
+
+
+def learning_rate_at(epoch: int, base_lr: float, warmup_epochs: int, total_epochs: int) -> float:
+    """Return the learning rate of 0-based `epoch`: linear warm-up over `warmup_epochs`, then cosine decay to ~0.
+
+    Epochs 1..warmup (1-based) rise linearly to base_lr; from there the rate follows half a cosine, reaching
+    about base_lr / 800 in the last of 50 epochs (never exactly 0, so the last epoch still trains).
+    """
+    if total_epochs < 1 or not 0 <= warmup_epochs <= total_epochs:
+        raise ValueError(f"Need total_epochs >= 1 and 0 <= warmup_epochs <= total_epochs, got warmup_epochs="
+                         f"{warmup_epochs}, total_epochs={total_epochs}.")
+    if not 0 <= epoch < total_epochs:
+        raise ValueError(f"epoch must be a 0-based index below total_epochs={total_epochs}, got {epoch}.")
+    if epoch < warmup_epochs:
+        return base_lr * (epoch + 1) / warmup_epochs
+    progress = (epoch - warmup_epochs) / (total_epochs - warmup_epochs)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Return sklearn's 'balanced' weights n_samples / (n_present_classes * count) per class present in `labels`."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels, dtype=int)
+    if labels.size == 0:
+        raise ValueError("No training labels: cannot compute class weights.")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"Labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}.")
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(label): float(weight) for label, weight in zip(present, weights)}
+
+
+def validation_scores(labels: np.ndarray, probabilities: np.ndarray, label_smoothing: float = 0.0) -> dict:
+    """Return val_loss (the training loss, unweighted), val_accuracy, val_balanced_accuracy and val_macro_f1."""
+    labels = np.asarray(labels, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = probabilities.shape[1]
+    targets = np.eye(num_classes)[labels] * (1.0 - label_smoothing) + label_smoothing / num_classes
+    loss = float(-np.mean(np.sum(targets * np.log(np.clip(probabilities, 1e-7, 1.0)), axis=1)))
+    predictions = probabilities.argmax(axis=1)
+    present = np.unique(labels)
+    recalls = [np.mean(predictions[labels == label] == label) for label in present]
+    f1_scores = []
+    for label in present:
+        true_positive = np.sum((predictions == label) & (labels == label))
+        denominator = np.sum(predictions == label) + np.sum(labels == label)
+        f1_scores.append(2 * true_positive / denominator if denominator else 0.0)
+    return {"val_loss": loss, "val_accuracy": float(np.mean(predictions == labels)),
+            "val_balanced_accuracy": float(np.mean(recalls)), "val_macro_f1": float(np.mean(f1_scores))}
+
+
+def training_recipe(name: str, profile: config.Profile, replicas: int = 1, gpu: bool = False) -> dict:
+    """Return every hyperparameter of how `name` trains under `profile` (JSON-ready)."""
+    from alzlib import models
+
+    models.check_model_name(name)
+    base = BASELINE_RECIPE if name == "baseline_cnn" else TRANSFER_RECIPE
+    recipe = {key: dict(value) for key, value in base.items()}
+    if name != "baseline_cnn":
+        recipe["learning_rate_schedule"].update(warmup_epochs=profile.warmup_epochs, total_epochs=profile.epochs)
+    recipe.update({
+        "epochs": profile.epochs,
+        "early_stopping": None,
+        "batch_size_per_replica": profile.batch_size,
+        "replicas": replicas,
+        "global_batch_size": profile.batch_size * replicas,
+        "class_weighting": "balanced (sklearn formula) as per-sample weights in the loss",
+        "checkpoint": CHECKPOINT_RULE,
+        "checkpoint_monitor": CHECKPOINT_MONITOR,
+        "mixed_precision": bool(gpu),
+        "jit_compile": bool(gpu and replicas == 1),
+        "steps_per_execution": 1 if gpu else CPU_STEPS_PER_EXECUTION,
+        "metrics": ["accuracy"],
+    })
+    return recipe
+
+
+def configure_precision(gpu: bool) -> str:
+    """Set Keras' global dtype policy: mixed_float16 on a GPU, float32 otherwise; return its name."""
+    import keras
+
+    policy = "mixed_float16" if gpu else "float32"
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
+def compile_model(model, recipe: dict) -> None:
+    """Compile `model` with the recipe's optimizer, loss and execution settings."""
+    import keras
+
+    optimizer_settings = recipe["optimizer"]
+    if optimizer_settings["name"] == "Adam":
+        optimizer = keras.optimizers.Adam(learning_rate=optimizer_settings["learning_rate"])
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=optimizer_settings["learning_rate"],
+                                           weight_decay=optimizer_settings["weight_decay"],
+                                           clipnorm=optimizer_settings["clipnorm"])
+    if recipe["loss"]["labels"] == "one-hot":
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe["loss"]["label_smoothing"])
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=recipe["steps_per_execution"],
+                  jit_compile=recipe["jit_compile"])
+
+
+# ----------------------------------------------------------------------------------------------- callbacks
+
+
+def _callback_base():
+    """Return keras.callbacks.Callback (imported lazily)."""
+    import keras
+
+    return keras.callbacks.Callback
+
+
+def validation_callback(dataset, labels: np.ndarray, label_smoothing: float):
+    """Return a callback that scores the validation set once per epoch and adds val_* to the logs."""
+
+    class ValidationScores(_callback_base()):
+        def on_epoch_end(self, epoch, logs=None):
+            probabilities = self.model.predict(dataset, verbose=0)
+            if logs is not None:
+                logs.update(validation_scores(labels, probabilities, label_smoothing))
+
+    return ValidationScores()
+
+
+def epoch_recorder(path: Path, records: list[dict]):
+    """Return a callback that appends each epoch's logs, learning rate and seconds to `records` and writes them."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Read before ReduceLROnPlateau (later in the list) changes it: this is the rate the epoch used.
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            entry = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()
+                                           if key != "learning_rate"},
+                     "learning_rate": float(f"{rate:.6g}"), "seconds": time.perf_counter() - self.started}
+            records[:] = [record for record in records if record["epoch"] < epoch + 1] + [entry]
+            write_json(path, records)
+
+    return EpochRecorder()
+
+
+def best_checkpoint(path: Path, best: dict):
+    """Return a callback that saves the model atomically whenever the validation score improves (ties: lower loss)."""
+
+    class BestCheckpoint(_callback_base()):
+        def on_epoch_end(self, epoch, logs=None):
+            score, loss = (logs or {}).get(CHECKPOINT_MONITOR), (logs or {}).get("val_loss", math.inf)
+            if score is None or not math.isfinite(score):
+                return
+            if score > best["score"] or (score == best["score"] and loss < best["loss"]):
+                with atomic_path(path) as temporary:
+                    self.model.save(temporary)
+                best.update(score=score, loss=loss, epoch=epoch + 1)
+
+    return BestCheckpoint()
+
+
+def tensorboard_available() -> bool:
+    """True when the tensorboard package (which writes TensorBoard logs) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _schedule_callback(recipe: dict):
+    """Return the recipe's learning-rate callback: the warm-up/cosine scheduler or ReduceLROnPlateau."""
+    import keras
+
+    schedule = recipe["learning_rate_schedule"]
+    if schedule["name"] == "ReduceLROnPlateau":
+        return keras.callbacks.ReduceLROnPlateau(monitor=schedule["monitor"], factor=schedule["factor"],
+                                                 patience=schedule["patience"], min_lr=schedule["min_lr"])
+    return keras.callbacks.LearningRateScheduler(lambda epoch, rate: learning_rate_at(
+        epoch, schedule["base_learning_rate"], schedule["warmup_epochs"], schedule["total_epochs"]))
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """Return a sha256 of what a model saw: each row's path, file hash, label index and split."""
+    digest = hashlib.sha256()
+    columns = [column for column in ("path", "sha256", "label_index", "split") if column in manifest.columns]
+    for row in manifest[columns].astype(str).itertuples(index=False):
+        digest.update(("\t".join(row) + "\n").encode())
+    return digest.hexdigest()
+
+
+def class_names_of(manifest: pd.DataFrame) -> list[str]:
+    """Return the class names in label-index order, raising ValueError when an index has no name or two."""
+    pairs = manifest[["label_index", "label"]].drop_duplicates()
+    if pairs["label_index"].duplicated().any() or pairs["label"].duplicated().any():
+        raise ValueError(f"label and label_index do not map one to one in the manifest: {pairs.values.tolist()}.")
+    names = dict(zip(pairs["label_index"].astype(int), pairs["label"].astype(str)))
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise ValueError(f"The manifest has no images of label indices {missing}: cannot name every class.")
+    return [names[index] for index in range(len(names))]
+
+
+def split_arrays(manifest: pd.DataFrame, images: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the cached images and integer labels of one split (rows aligned with the manifest)."""
+    mask = (manifest["split"] == split).to_numpy()
+    if not mask.any():
+        raise ValueError(f"The {split} split of the manifest is empty: training needs train and val images.")
+    return images[mask], manifest["label_index"].to_numpy(dtype=int)[mask]
+
+
+def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Return `labels` shuffled with `seed` (the label-permutation control: same counts, no relation to images)."""
+    return np.random.default_rng(seed).permutation(np.asarray(labels))
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _output_paths(settings: config.Settings, output_name: str) -> dict[str, Path]:
+    """Return the files a training run writes."""
+    folder = settings.paths.training / output_name
+    return {"folder": folder, "model": settings.paths.models / f"{output_name}.keras",
+            "record": settings.paths.models / f"{output_name}.json", "checkpoint": folder / "best.keras",
+            "epochs": folder / "epoch_log.json", "history": folder / "history.json", "csv": folder / "log.csv",
+            "curves": folder / "curves.png", "tensorboard": folder / "tensorboard", "backup": folder / "backup"}
+
+
+def _start_or_resume(paths: dict[str, Path]) -> tuple[list[dict], dict]:
+    """Return the epoch records and best score of an interrupted run to resume, or clear a finished run's files."""
+    best = {"score": -math.inf, "loss": math.inf, "epoch": None}
+    if (paths["backup"] / "training_metadata.json").is_file() and paths["epochs"].is_file():
+        records = read_json(paths["epochs"])
+        scored = [record for record in records if math.isfinite(record.get(CHECKPOINT_MONITOR, math.nan))]
+        if scored and paths["checkpoint"].is_file():
+            top = max(scored, key=lambda record: (record[CHECKPOINT_MONITOR], -record["val_loss"]))
+            best.update(score=top[CHECKPOINT_MONITOR], loss=top["val_loss"], epoch=top["epoch"])
+        return records, best
+    for key in ("backup", "tensorboard"):
+        shutil.rmtree(paths[key], ignore_errors=True)
+    for key in ("checkpoint", "epochs", "csv"):
+        paths[key].unlink(missing_ok=True)
+    return [], best
+
+
+def _history(records: list[dict]) -> dict[str, list]:
+    """Return the epoch records as Keras-style lists per metric."""
+    keys = [key for key in records[0] if all(key in record for record in records)] if records else []
+    return {key: [record[key] for record in records] for key in keys}
+
+
+def _datasets(spec: dict, train: tuple, val: tuple, num_classes: int, batch_size: int, seed: int,
+              class_weights: dict, one_hot: bool):
+    """Return the training and validation tf.data pipelines (per-sample class weights on the training one)."""
+    train_images, train_labels = train
+    sample_weights = np.array([class_weights[int(label)] for label in train_labels], dtype=np.float32)
+    targets = np.eye(num_classes, dtype=np.float32)[train_labels] if one_hot else train_labels
+    train_dataset = preprocessing.make_dataset(train_images, targets, spec, True, batch_size, seed, sample_weights)
+    val_dataset = preprocessing.make_dataset(val[0], val[1], spec, False, batch_size, seed)
+    return train_dataset, val_dataset
+
+
+def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, records: list, best: dict, resuming: bool) -> list:
+    """Return the callbacks in the order they must run at each epoch's end (scores first, then what reads them)."""
+    import keras
+
+    schedule = _schedule_callback(recipe)
+    # ReduceLROnPlateau reads val_loss at the epoch's end, so it must follow the validation scores; the
+    # warm-up/cosine scheduler acts at the epoch's start and can go first.
+    plateau = recipe["learning_rate_schedule"]["name"] == "ReduceLROnPlateau"
+    return [
+        *([] if plateau else [schedule]),
+        validation_callback(val_dataset, val_labels, recipe["loss"]["label_smoothing"]),
+        epoch_recorder(paths["epochs"], records),
+        *([schedule] if plateau else []),
+        best_checkpoint(paths["checkpoint"], best),
+        keras.callbacks.CSVLogger(str(paths["csv"]), append=resuming),
+        *([keras.callbacks.TensorBoard(log_dir=str(paths["tensorboard"]), profile_batch=0, write_graph=False)]
+          if tensorboard_available() else []),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(paths["backup"]), double_checkpoint=True),
+    ]
+
+
+def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
+                permute_labels: bool = False, output_name: str | None = None, verbose: int = 2,
+                extra_callbacks: tuple = ()) -> dict:
+    """Train `name` on the train split, keep the best validation epoch, write the model and its recipe record.
+
+    Writes models/<output_name>.keras and .json and training/<output_name>/ (history.json, log.csv, curves.png,
+    tensorboard/). `permute_labels` trains the label-permutation control (labels shuffled within train).
+    `extra_callbacks` run after the run's own (after BackupAndRestore, so an epoch they interrupt is backed up).
+    A run killed mid-way resumes from its last finished epoch (BackupAndRestore) when called again.
+    """
+    from alzlib import models
+
+    models.check_model_name(name)
+    output_name = output_name or (f"{name}_permuted" if permute_labels else name)
+    environment.set_seeds(settings.seed, settings.deterministic)
+    gpu = config.gpu_available()
+    policy = configure_precision(gpu)
+    if images is None:
+        images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
+    if len(images) != len(manifest):
+        raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
+    class_names = class_names_of(manifest)
+    train_images, train_labels = split_arrays(manifest, images, "train")
+    val_images, val_labels = split_arrays(manifest, images, "val")
+    if permute_labels:
+        train_labels = permuted_labels(train_labels, settings.seed)
+    class_weights = balanced_class_weights(train_labels, len(class_names))
+    strategy = environment.distribution_strategy()
+    recipe = training_recipe(name, settings.profile, strategy.num_replicas_in_sync, gpu)
+    spec = preprocessing.preprocessing_spec(name, settings.profile.image_size)
+    paths = _output_paths(settings, output_name)
+    records, best = _start_or_resume(paths)
+    paths["folder"].mkdir(parents=True, exist_ok=True)
+    resuming = bool(records)
+    with strategy.scope():
+        model, info = models.build_model(name, len(class_names), settings.profile.image_size,
+                                         settings.weights or "imagenet")
+        compile_model(model, recipe)
+    train_dataset, val_dataset = _datasets(spec, (train_images, train_labels), (val_images, val_labels),
+                                           len(class_names), recipe["global_batch_size"], settings.seed,
+                                           class_weights, recipe["loss"]["labels"] == "one-hot")
+    callbacks = [*_callbacks(recipe, paths, val_dataset, val_labels, records, best, resuming), *extra_callbacks]
+    started = time.perf_counter()
+    model.fit(train_dataset, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - started
+    if paths["checkpoint"].is_file():
+        _move_atomically(paths["checkpoint"], paths["model"])
+        checkpoint = f"best validation epoch ({best['epoch']})"
+    else:
+        with atomic_path(paths["model"]) as temporary:
+            model.save(temporary)
+        checkpoint = "last epoch (no epoch had a finite validation score)"
+    history = _history(records)
+    write_json(paths["history"], history)
+    figure = plot_training_curves(history, title=output_name)
+    save_figure(figure, paths["curves"])
+    record = _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights,
+                            records, best, checkpoint, seconds, resuming, permute_labels, strategy, policy,
+                            len(train_labels), len(val_labels), paths)
+    write_json(paths["record"], record)
+    return record
+
+
+def _move_atomically(source: Path, target: Path) -> None:
+    """Move `source` onto `target` (copy to a temporary file, rename, delete the source): never half-written."""
+    with atomic_path(target) as temporary:
+        shutil.copyfile(source, temporary)
+    source.unlink()
+
+
+def _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights, records,
+                   best, checkpoint, seconds, resumed, permute_labels, strategy, policy, train_count, val_count,
+                   paths) -> dict:
+    """Return the recipe record: every hyperparameter and what the run did, for models/<name>.json."""
+    best_entry = next((record for record in records if record["epoch"] == best["epoch"]), None)
+    epochs_run = len(records)
+    return {
+        "model": output_name,
+        "architecture": name,
+        "label_permutation_control": bool(permute_labels),
+        "synthetic": settings.synthetic,
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "recipe": recipe,
+        "preprocessing": spec,
+        "model_info": info,
+        "weights": info["weights"],
+        "frozen_layers": info["frozen_layers"],
+        "trainable_layers": info["trainable_layers"],
+        "trainable_parameters": info["trainable_parameters"],
+        "non_trainable_parameters": info["non_trainable_parameters"],
+        "class_weights": {class_names[index]: weight for index, weight in class_weights.items()},
+        "train_images": int(train_count),
+        "val_images": int(val_count),
+        "learning_rates": [record["learning_rate"] for record in records],
+        "epochs_run": epochs_run,
+        "stopped_by_nan": epochs_run < recipe["epochs"],
+        "resumed": resumed,
+        "best_epoch": best["epoch"],
+        "best_validation": best_entry,
+        "checkpoint": checkpoint,
+        "training_seconds": round(seconds, 2),
+        "epoch_seconds": [round(record["seconds"], 2) for record in records],
+        "strategy": type(strategy).__name__,
+        "global_batch_size": recipe["global_batch_size"],
+        "dtype_policy": policy,
+        "seed": settings.seed,
+        "profile": settings.profile.to_dict(),
+        "data_manifest_hash": manifest_hash(manifest),
+        "files": {"model": paths["model"].name, "history": str(paths["history"]), "log": str(paths["csv"]),
+                  "curves": str(paths["curves"]),
+                  "tensorboard": str(paths["tensorboard"]) if tensorboard_available() else
+                  "skipped: the tensorboard package is not installed (pip install tensorboard)"},
+        "run": environment.run_metadata(settings),
+    }
+
+
+def load_trained_model(path: str | Path):
+    """Load a saved model in Keras safe mode (no arbitrary code), with alzlib's SpatialAttention registered."""
+    import keras
+
+    from alzlib import models  # noqa: F401  (importing registers SpatialAttention)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: train the model first (notebooks 05-08).")
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def record_overview(record: dict) -> pd.DataFrame:
+    """Return a one-row table of what a training run did, from its recipe record (for notebooks)."""
+    best = record.get("best_validation") or {}
+    return pd.DataFrame([{
+        "model": record["model"], "weights": record["weights"], "epochs_run": record["epochs_run"],
+        "best_epoch": record["best_epoch"],
+        "best_val_balanced_accuracy": best.get("val_balanced_accuracy"), "best_val_loss": best.get("val_loss"),
+        "training_seconds": record["training_seconds"], "trainable_parameters": record["trainable_parameters"],
+        "non_trainable_parameters": record["non_trainable_parameters"], "resumed": record["resumed"],
+    }]).set_index("model")
+
+
+def plot_training_curves(history: dict, title: str = ""):
+    """Return a figure of loss, accuracy (and validation balanced accuracy) and the learning rate per epoch."""
+    from matplotlib.figure import Figure
+
+    if not history or not history.get("loss"):
+        raise ValueError("The history has no 'loss' values to plot.")
+    epochs = history.get("epoch") or list(range(1, len(history["loss"]) + 1))
+    figure = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = figure.subplots(1, 3)
+    panels = [("loss", ["loss", "val_loss"]), ("accuracy", ["accuracy", "val_accuracy", "val_balanced_accuracy"]),
+              ("learning rate", ["learning_rate"])]
+    for axis, (label, keys) in zip(axes, panels):
+        for key in keys:
+            if key in history:
+                axis.plot(epochs, history[key], marker="o", markersize=3, label=key)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=8)
+    axes[2].set_yscale("log")
+    figure.suptitle(f"{title} training curves" if title else "training curves")
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+
+
+def benchmark_training(name: str, image_size: int, batch_size: int = 32, steps: int = 4, frozen: bool = False,
+                       steps_per_execution: int | None = None, seed: int = config.DEFAULT_SEED) -> dict:
+    """Time training steps of `name` fed by the tf.data pipeline on random images; return seconds and images/s.
+
+    `frozen` freezes the recipe's layers on a random backbone (what an ImageNet run trains); otherwise every layer
+    trains (the offline fallback). The first fit includes tracing; the second measures the steady state.
+    """
+    from alzlib import models
+
+    environment.set_seeds(seed)
+    configure_precision(False)
+    count = batch_size * steps
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, image_size, image_size), dtype=np.uint8)
+    labels = rng.integers(0, 4, count)
+    recipe = training_recipe(name, config.PROFILES["cpu"])
+    if steps_per_execution is not None:
+        recipe["steps_per_execution"] = steps_per_execution
+    model, info = models.build_model(name, 4, image_size, weights="none")
+    if frozen and name in models.FROZEN_LAYERS:
+        info.update(models.freeze_layers(model.get_layer(info["backbone"]), models.FROZEN_LAYERS[name]))
+    compile_model(model, recipe)
+    one_hot = recipe["loss"]["labels"] == "one-hot"
+    targets = np.eye(4, dtype=np.float32)[labels] if one_hot else labels
+    dataset = preprocessing.make_dataset(images, targets, preprocessing.preprocessing_spec(name, image_size), True,
+                                         batch_size, seed, np.ones(count, dtype=np.float32))
+    timings = []
+    for _ in range(2):
+        wall, cpu = time.perf_counter(), time.process_time()
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+        timings.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {"model": name, "image_size": image_size, "batch_size": batch_size, "steps": steps,
+            "trainable_layers": "recipe (frozen backbone part)" if frozen else "all",
+            "trainable_parameters": models.parameter_counts(model)["trainable_parameters"],
+            "steps_per_execution": recipe["steps_per_execution"], "first_fit_seconds": round(timings[0][0], 2),
+            "steady_seconds": round(timings[1][0], 2), "images_per_second": round(count / timings[1][0], 2),
+            "steady_cpu_seconds": round(timings[1][1], 2), "load_average": [round(value, 2) for value in os.getloadavg()]}

@@ -1,0 +1,280 @@
+"""Small fixture trees in the layouts of the real data sets (docs: /work/shared/DATASETS.md), made in tmp dirs.
+
+Realistic scans are stacks of consecutive axial slices re-sampled from nilearn's MNI152 template with a
+per-scan random affine, smooth elastic warp, intensity change and noise, so that neighbouring slices of
+one scan correlate at about 0.98 on raw pixels while different scans at the same level are also fairly
+similar: the property that makes slice-level splits of the Kaggle set leak.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+KAGGLE_FOLDERS = {"NonDemented": "NonDemented", "VeryMildDemented": "VeryMildDemented",
+                  "MildDemented": "MildDemented", "ModerateDemented": "ModerateDemented"}
+KAGGLE_TRAIN_PREFIX = {"NonDemented": "nonDem", "VeryMildDemented": "verymildDem",
+                       "MildDemented": "mildDem", "ModerateDemented": "moderateDem"}
+REUPLOAD_FOLDERS = {"NonDemented": "Non_Demented", "VeryMildDemented": "Very_Mild_Demented",
+                    "MildDemented": "Mild_Demented", "ModerateDemented": "Moderate_Demented"}
+REUPLOAD_PREFIX = {"NonDemented": "non", "VeryMildDemented": "verymild", "MildDemented": "mild",
+                   "ModerateDemented": "moderate"}
+OASIS_FOLDERS = {"NonDemented": "Non Demented", "VeryMildDemented": "Very mild Dementia",
+                 "MildDemented": "Mild Dementia", "ModerateDemented": "Moderate Dementia"}
+HF_LABELS = {"MildDemented": 0, "ModerateDemented": 1, "NonDemented": 2, "VeryMildDemented": 3}
+KAGGLE_SIZE = (208, 176)  # height, width
+# A slice step of 1.4 template voxels (2.8 mm) gives neighbouring-slice correlations of about 0.98.
+SLICE_STEP = 1.4
+
+
+@functools.lru_cache(maxsize=1)
+def mni_template() -> np.ndarray:
+    """Return nilearn's 2 mm MNI152 template as float32 in [0, 1] (ships with nilearn, loads offline)."""
+    from nilearn.datasets import load_mni152_template
+
+    volume = load_mni152_template(resolution=2).get_fdata().astype(np.float32)
+    return volume / max(float(volume.max()), 1e-6)
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """Return the 3-D rotation matrix for angles (radians) about x, y and z."""
+    cos, sin = np.cos(angles), np.sin(angles)
+    about_x = np.array([[1, 0, 0], [0, cos[0], -sin[0]], [0, sin[0], cos[0]]])
+    about_y = np.array([[cos[1], 0, sin[1]], [0, 1, 0], [-sin[1], 0, cos[1]]])
+    about_z = np.array([[cos[2], -sin[2], 0], [sin[2], cos[2], 0], [0, 0, 1]])
+    return about_x @ about_y @ about_z
+
+
+def render_scan(rng: np.random.Generator, slices: int, size: tuple[int, int] = KAGGLE_SIZE,
+                first_slice: float = 24.0, step: float = SLICE_STEP, strength: float = 1.0,
+                noise: float = 3.0) -> np.ndarray:
+    """Return `slices` consecutive axial slices (uint8, slices x H x W) of one randomly deformed template scan."""
+    volume = mni_template()
+    height, width = size
+    depth = np.arange(slices, dtype=np.float32) * step + first_slice + rng.uniform(-1.0, 1.0)
+    z, rows, cols = np.meshgrid(depth, np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
+                                indexing="ij")
+    points = np.stack([cols * volume.shape[0] / width, (height - 1 - rows) * volume.shape[1] / height, z])
+    center = (np.array(volume.shape, np.float32) / 2)[:, None, None, None]
+    angles = np.deg2rad(rng.uniform([-3, -3, -8], [3, 3, 8]) * strength)
+    matrix = _rotation(angles) @ np.diag(1 + rng.uniform(-0.1, 0.1, 3) * strength)
+    shift = (rng.uniform([-4, -4, -1.5], [4, 4, 1.5]) * strength)[:, None, None, None]
+    warped = np.tensordot(matrix.astype(np.float32), points - center, axes=1) + center + shift
+    # Smooth elastic warp: a few random low-frequency waves per axis (about 1-3 voxels of displacement).
+    frequencies = rng.normal(0, 0.06, (3, 4, 3)).astype(np.float32)
+    phases = rng.uniform(0, 2 * np.pi, (3, 4)).astype(np.float32)
+    amplitudes = (rng.uniform(0.5, 1.5, (3, 4)) * strength).astype(np.float32)
+    displacement = np.zeros_like(warped)
+    for axis in range(3):
+        for wave in range(4):
+            phase = np.tensordot(frequencies[axis, wave], warped, axes=1) + phases[axis, wave]
+            displacement[axis] += amplitudes[axis, wave] * np.sin(phase)
+    sampled = ndimage.map_coordinates(volume, warped + displacement, order=1, mode="constant")
+    gamma, gain = rng.uniform(0.8, 1.25), rng.uniform(0.85, 1.15)
+    pixels = np.clip(sampled, 0, 1) ** gamma * gain * 255 + rng.normal(0, noise, sampled.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def render_scans(count: int, slices: int, seed: int = 0, size: tuple[int, int] = KAGGLE_SIZE,
+                 strength: float = 1.0) -> list[np.ndarray]:
+    """Return `count` independent scans of `slices` slices each (same slice levels, different heads)."""
+    rng = np.random.default_rng(seed)
+    return [render_scan(rng, slices, size=size, strength=strength) for _ in range(count)]
+
+
+def simple_image(seed: int, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """Return a cheap, distinct uint8 test image (smoothed noise with a bright disc) of `size` (H, W)."""
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.uniform(0, 255, size), 3)
+    rows, cols = np.mgrid[0:size[0], 0:size[1]]
+    disc = ((rows - size[0] / 2) ** 2 + (cols - size[1] / 2) ** 2) < (min(size) / 3) ** 2
+    image = (noise - noise.min()) / max(np.ptp(noise), 1e-6) * 180 + disc * 60
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def save_image(path: str | Path, pixels: np.ndarray, quality: int = 90) -> Path:
+    """Save a uint8 array as JPEG or PNG (by the suffix), creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        image.save(path, format="JPEG", quality=quality)
+    else:
+        image.save(path)
+    return path
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "JPEG") -> bytes:
+    """Return the encoded bytes of a uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def make_kaggle_tree(root: str | Path, scans: dict[str, int], slices: int = 10, test_every: int = 5,
+                     seed: int = 0, size: tuple[int, int] = KAGGLE_SIZE) -> dict[str, str]:
+    """Write a Kaggle 4-class tree (train/test by slice position); return {absolute path: true scan id}.
+
+    Every `test_every`-th slice of each scan goes to test, as in the shipped Kaggle split, so every scan
+    is in both train and test. Train names are `nonDem<i>.jpg`..., test names `<k>.jpg` / `<k> (<j>).jpg`,
+    numbered in a shuffled order so names carry no scan information.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    truth: dict[str, str] = {}
+    scan_seed = seed * 1000
+    for class_name, count in scans.items():
+        items = []
+        for scan_index, volume in enumerate(render_scans(count, slices, seed=scan_seed, size=size)):
+            for slice_index, pixels in enumerate(volume):
+                shipped = "test" if slice_index % test_every == test_every - 1 else "train"
+                items.append((shipped, f"{class_name}_scan{scan_index:03d}", pixels))
+        scan_seed += 1
+        train_items = [item for item in items if item[0] == "train"]
+        test_items = [item for item in items if item[0] == "test"]
+        for number, order in enumerate(rng.permutation(len(train_items))):
+            _, scan_id, pixels = train_items[order]
+            path = root / "train" / KAGGLE_FOLDERS[class_name] / f"{KAGGLE_TRAIN_PREFIX[class_name]}{number}.jpg"
+            truth[str(save_image(path, pixels).resolve())] = scan_id
+        for number, order in enumerate(rng.permutation(len(test_items))):
+            _, scan_id, pixels = test_items[order]
+            name = f"{number // 3}.jpg" if number % 3 == 0 else f"{number // 3} ({number % 3}).jpg"
+            path = root / "test" / KAGGLE_FOLDERS[class_name] / name
+            truth[str(save_image(path, pixels).resolve())] = scan_id
+    return truth
+
+
+def make_reupload_tree(root: str | Path, scans: dict[str, int], slices: int = 6, seed: int = 0) -> dict[str, str]:
+    """Write the 128 px re-upload layout (`Mild_Demented/mild_10.jpg`, no split); return {path: scan id}."""
+    root = Path(root)
+    truth: dict[str, str] = {}
+    for offset, (class_name, count) in enumerate(scans.items()):
+        volumes = render_scans(count, slices, seed=seed * 1000 + offset, size=(128, 128))
+        for number, (scan_index, slice_index) in enumerate(np.ndindex(count, slices)):
+            path = root / REUPLOAD_FOLDERS[class_name] / f"{REUPLOAD_PREFIX[class_name]}_{number}.jpg"
+            truth[str(save_image(path, volumes[scan_index][slice_index]).resolve())] = f"{class_name}_{scan_index}"
+    return truth
+
+
+def make_oasis_tree(root: str | Path, subjects: dict[str, list[int]], slices: int = 3,
+                    size: tuple[int, int] = (64, 64)) -> dict[str, str]:
+    """Write the OASIS export layout `Data/<Class>/OAS1_0308_MR1_mpr-1_101.jpg`; return {path: subject id}."""
+    root = Path(root)
+    truth: dict[str, str] = {}
+    for class_name, numbers in subjects.items():
+        for number in numbers:
+            for slice_index in range(slices):
+                name = f"OAS1_{number:04d}_MR1_mpr-1_{100 + slice_index}.jpg"
+                path = root / "Data" / OASIS_FOLDERS[class_name] / name
+                pixels = simple_image(number * 100 + slice_index, size)
+                truth[str(save_image(path, pixels).resolve())] = f"OAS1_{number:04d}"
+    return truth
+
+
+def make_adni_tree(root: str | Path, patients: dict[str, dict[str, list[int]]], slices: int = 3,
+                   size: tuple[int, int] = (240, 256)) -> dict[str, str]:
+    """Write `AD_NC/<split>/{AD,NC}/<patientID>_<index>.jpeg`; `patients` is {split: {class: [ids]}}."""
+    root = Path(root)
+    truth: dict[str, str] = {}
+    for split, classes in patients.items():
+        for class_name, identifiers in classes.items():
+            for identifier in identifiers:
+                for slice_index in range(slices):
+                    path = root / "AD_NC" / split / class_name / f"{identifier}_{70 + slice_index}.jpeg"
+                    pixels = simple_image(identifier * 10 + slice_index, size)
+                    truth[str(save_image(path, pixels).resolve())] = str(identifier)
+    return truth
+
+
+def make_hf_parquet(root: str | Path, scans: dict[str, int], slices: int = 5, test_every: int = 5,
+                    seed: int = 0) -> dict[str, str]:
+    """Write the Hugging Face `Falah/Alzheimer_MRI` layout: `data/{train,test}-00000-of-00001.parquet`.
+
+    Returns {`<parquet path>#row=<i>`: true scan id}.
+    """
+    root = Path(root) / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    rows = {"train": [], "test": []}
+    for offset, (class_name, count) in enumerate(scans.items()):
+        volumes = render_scans(count, slices, seed=seed * 1000 + offset, size=(128, 128))
+        for scan_index, slice_index in np.ndindex(count, slices):
+            shipped = "test" if slice_index % test_every == test_every - 1 else "train"
+            content = encode_image(volumes[scan_index][slice_index])
+            rows[shipped].append(({"bytes": content, "path": None}, HF_LABELS[class_name],
+                                  f"{class_name}_{scan_index}"))
+    truth: dict[str, str] = {}
+    for shipped, items in rows.items():
+        path = (root / f"{shipped}-00000-of-00001-5e4f6a.parquet").resolve()
+        frame = pd.DataFrame({"image": [item[0] for item in items], "label": [item[1] for item in items]})
+        frame.to_parquet(path, index=False)
+        truth.update({f"{path}#row={index}": item[2] for index, item in enumerate(items)})
+    return truth
+
+
+def make_synthetic_cohort(root: str | Path, subjects: dict[str, int], slices: int = 3,
+                          size: tuple[int, int] = (104, 88)) -> dict[str, str]:
+    """Write a tiny cohort in the layout of alzlib/synthetic.py (cohort.json, images/, masks/, metadata.csv)."""
+    root = Path(root)
+    truth: dict[str, str] = {}
+    records = []
+    number = 0
+    for class_name, count in subjects.items():
+        for _ in range(count):
+            number += 1
+            subject_id = f"SYN{number:04d}"
+            for slice_index in range(slices):
+                stem = f"{subject_id}_slice{slice_index:02d}"
+                image_path = save_image(root / "images" / class_name / f"{stem}.jpg",
+                                        simple_image(number * 100 + slice_index, size))
+                mask_path = save_image(root / "masks" / class_name / f"{stem}.png", np.zeros(size, np.uint8))
+                truth[str(image_path.resolve())] = subject_id
+                records.append({"subject_id": subject_id, "label": class_name, "slice_index": slice_index,
+                                "file": str(image_path.relative_to(root)),
+                                "mask_file": str(mask_path.relative_to(root))})
+    pd.DataFrame(records).to_csv(root / "metadata.csv", index=False)
+    (root / "cohort.json").write_text(json.dumps({"synthetic": True, "generator_version": "fixture",
+                                                  "counts": subjects}))
+    return truth
+
+
+def make_class_tree(root: str | Path, folders: list[str], images_per_folder: int = 2,
+                    size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    """Write `<root>/<folder>/img<i>.png` for each folder name (relative paths allowed); return root."""
+    root = Path(root)
+    for folder_index, folder in enumerate(folders):
+        for image_index in range(images_per_folder):
+            save_image(root / folder / f"img{image_index}.png",
+                       simple_image(seed * 10000 + folder_index * 100 + image_index, size))
+    return root
+
+
+def write_bad_files(folder: str | Path) -> dict[str, str]:
+    """Write one file of each bad kind into `folder`; return {file name: a word its skip reason contains}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.jpg").write_bytes(b"")
+    full = encode_image(simple_image(7, (96, 96)), "JPEG")
+    (folder / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (folder / "notes.jpg").write_text("this is a text file with an image extension\n")
+    save_image(folder / "tiny.png", simple_image(8, (8, 8)))
+    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "notes.jpg": "not an image", "tiny.png": "too small"}
+
+
+def write_accepted_variants(folder: str | Path) -> dict[str, str]:
+    """Write RGB, RGBA, 16-bit and palette images that ingestion must accept; return {file name: source mode}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    grey = simple_image(11, (64, 64))
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(folder / "rgb.png")
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 128)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    Image.fromarray(grey.astype(np.uint16) * 16).save(folder / "sixteen.png")
+    Image.fromarray(grey).convert("P").save(folder / "palette.png")
+    return {"rgb.png": "RGB", "rgba.png": "RGBA", "sixteen.png": "I;16", "palette.png": "P"}

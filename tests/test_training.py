@@ -1,0 +1,219 @@
+"""Tests of alzlib.training: the schedule, class weights, validation scores, and short real training runs."""
+
+import dataclasses
+import hashlib
+import json
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from alzlib import config, models, preprocessing, training
+from alzlib.io import write_json
+
+IMAGE_SIZE = 32
+# 24 train (12 / 8 / 4 per class), 6 val, 3 test images: imbalanced like the real data.
+SPLIT_LABELS = {"train": [0] * 12 + [1] * 8 + [2] * 4, "val": [0, 0, 1, 1, 2, 2], "test": [0, 1, 2]}
+
+
+def write_manifest(folder) -> pd.DataFrame:
+    """Write small greyscale PNGs whose bright bar moves with the class; return their manifest."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, labels in SPLIT_LABELS.items():
+        for index, label in enumerate(labels):
+            image = rng.integers(0, 40, (44, 36), dtype=np.uint8)
+            image[8:36, 4 + 10 * label:10 + 10 * label] = 230
+            path = folder / f"{split}_{index:02d}.png"
+            Image.fromarray(image).save(path)
+            rows.append({"path": str(path), "label": f"class{label}", "label_index": label,
+                         "subject_id": f"{split}{index // 2}", "split": split,
+                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "width": 36, "height": 44})
+    return pd.DataFrame(rows)
+
+
+def tiny_settings(outputs, monkeypatch, epochs: int, warmup: int) -> config.Settings:
+    """Return smoke settings with outputs under `outputs`, 32 px images, batch 8 and the given budget."""
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(outputs))
+    settings = config.load_settings("smoke", seed=7, epochs=epochs, weights="imagenet")
+    profile = dataclasses.replace(settings.profile, image_size=IMAGE_SIZE, batch_size=8, warmup_epochs=warmup)
+    return dataclasses.replace(settings, profile=profile)
+
+
+# ----------------------------------------------------------------------------------------------- recipe pieces
+
+
+def test_learning_rate_schedule_warms_up_then_follows_a_cosine_to_almost_zero():
+    rates = [training.learning_rate_at(epoch, 1e-3, 5, 50) for epoch in range(50)]
+    assert rates[:6] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3])  # epochs 1-5 rise, epoch 6 = peak
+    assert all(later < earlier for earlier, later in zip(rates[5:], rates[6:]))
+    assert rates[27] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 22 / 45)))
+    assert rates[49] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi * 44 / 45))) and rates[49] < 2e-6
+    assert training.learning_rate_at(0, 1e-3, 0, 4) == 1e-3  # no warm-up: the cosine starts at the peak
+    with pytest.raises(ValueError, match="0-based index"):
+        training.learning_rate_at(50, 1e-3, 5, 50)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        training.learning_rate_at(0, 1e-3, 6, 5)
+
+
+def test_class_weights_are_the_balanced_ones():
+    weights = training.balanced_class_weights(np.array([0] * 6 + [1] * 3 + [2]), 3)
+    assert weights == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})  # n / (classes * count)
+    assert training.balanced_class_weights(np.array([0, 0, 2]), 3) == pytest.approx({0: 0.75, 2: 1.5})
+    with pytest.raises(ValueError, match="0..2"):
+        training.balanced_class_weights(np.array([0, 3]), 3)
+
+
+def test_validation_scores_match_hand_computed_values_and_the_keras_loss():
+    labels = np.array([0, 0, 1, 2])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    scores = training.validation_scores(labels, probabilities, label_smoothing=0.1)
+    assert scores["val_accuracy"] == 0.75
+    assert scores["val_balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert scores["val_macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    keras_loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(3)[labels], probabilities)
+    assert scores["val_loss"] == pytest.approx(float(keras_loss), rel=1e-5)
+
+
+def test_permuted_labels_keep_the_counts_and_follow_the_seed():
+    labels = np.repeat(np.arange(4), 10)
+    shuffled = training.permuted_labels(labels, 3)
+    assert np.array_equal(np.bincount(shuffled), np.bincount(labels)) and not np.array_equal(shuffled, labels)
+    assert np.array_equal(shuffled, training.permuted_labels(labels, 3))
+
+
+def test_recipes_record_every_hyperparameter():
+    profile = config.PROFILES["full"]
+    baseline = training.training_recipe("baseline_cnn", profile)
+    assert baseline["optimizer"] == {"name": "Adam", "learning_rate": 1e-4}
+    assert baseline["learning_rate_schedule"]["factor"] == 0.5 and baseline["learning_rate_schedule"]["patience"] == 3
+    transfer = training.training_recipe("efficientnetb0", profile, replicas=2, gpu=True)
+    assert transfer["optimizer"] == {"name": "AdamW", "learning_rate": 1e-3, "weight_decay": 1e-4, "clipnorm": 1.0}
+    assert transfer["loss"]["label_smoothing"] == 0.1 and transfer["learning_rate_schedule"]["warmup_epochs"] == 5
+    assert transfer["global_batch_size"] == 64 and transfer["early_stopping"] is None
+    assert transfer["mixed_precision"] and not transfer["jit_compile"]  # XLA off under MirroredStrategy
+    assert not baseline["mixed_precision"] and not baseline["jit_compile"]  # CPU: float32, no XLA
+    with pytest.raises(ValueError, match="expected one of baseline_cnn"):
+        training.training_recipe("alexnet", profile)
+
+
+# ----------------------------------------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory):
+    """The label-permutation control trained for one epoch, with the labels fed to the pipeline recorded."""
+    folder = tmp_path_factory.mktemp("control")
+    manifest = write_manifest(folder)
+    fed = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        settings = tiny_settings(folder / "outputs", monkeypatch, epochs=1, warmup=1)
+        original = preprocessing.make_dataset
+
+        def recording(images, labels, spec, training_flag, *args, **kwargs):
+            fed.append((training_flag, np.asarray(labels)))
+            return original(images, labels, spec, training_flag, *args, **kwargs)
+
+        monkeypatch.setattr(preprocessing, "make_dataset", recording)
+        record = training.train_model("baseline_cnn", settings, manifest, permute_labels=True, verbose=0)
+    return settings, manifest, record, fed
+
+
+def test_control_run_writes_the_model_its_record_and_training_files(control_run):
+    settings, manifest, record, _ = control_run
+    assert record["model"] == config.CONTROL_MODEL_NAME and record["label_permutation_control"] is True
+    folder = settings.paths.training / config.CONTROL_MODEL_NAME
+    for path in (settings.paths.models / f"{config.CONTROL_MODEL_NAME}.keras", folder / "history.json",
+                 folder / "log.csv", folder / "curves.png"):
+        assert path.is_file(), path
+    assert not (folder / "backup").exists() and not (folder / "best.keras").exists()
+    saved = json.loads((settings.paths.models / f"{config.CONTROL_MODEL_NAME}.json").read_text())
+    assert saved["best_epoch"] == record["best_epoch"] == 1
+    assert saved["class_names"] == ["class0", "class1", "class2"]
+    assert saved["class_weights"] == pytest.approx({"class0": 24 / 36, "class1": 1.0, "class2": 2.0})
+    assert saved["recipe"]["optimizer"] == {"name": "Adam", "learning_rate": 1e-4}
+    assert saved["learning_rates"] == pytest.approx([1e-4])
+    assert saved["train_images"] == 24 and saved["val_images"] == 6
+    assert saved["preprocessing"]["family"] == "baseline" and saved["seed"] == 7
+    assert saved["data_manifest_hash"] == training.manifest_hash(manifest)
+    assert saved["best_validation"]["val_balanced_accuracy"] is not None
+    assert "keras" in saved["run"]["libraries"] and saved["global_batch_size"] == 8
+
+
+def test_control_run_trains_on_shuffled_labels_and_validates_on_true_ones(control_run):
+    settings, manifest, _, fed = control_run
+    (train_flag, train_labels), (val_flag, val_labels) = fed
+    true_train = manifest.loc[manifest.split == "train", "label_index"].to_numpy()
+    assert train_flag and np.array_equal(train_labels, training.permuted_labels(true_train, settings.seed))
+    assert not np.array_equal(train_labels, true_train)
+    assert not val_flag and np.array_equal(val_labels, manifest.loc[manifest.split == "val", "label_index"])
+
+
+def test_saved_model_reloads_in_safe_mode(control_run):
+    settings, _, _, _ = control_run
+    model = training.load_trained_model(settings.paths.models / f"{config.CONTROL_MODEL_NAME}.keras")
+    assert model.output_shape == (None, 3)
+    with pytest.raises(FileNotFoundError, match="train the model first"):
+        training.load_trained_model(settings.paths.models / "missing.keras")
+
+
+def tiny_backbone(name, image_size, weights):
+    """Stand in for keras.applications: a two-convolution backbone that is offline for ImageNet weights."""
+    if weights == "imagenet":
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: simulated offline")
+    inputs = keras.Input((image_size, image_size, 3))
+    features = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
+    features = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(features)
+    return keras.Model(inputs, features, name="resnet50")
+
+
+def test_transfer_recipe_falls_back_to_random_weights_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_application", tiny_backbone)
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=2, warmup=1)
+    with pytest.warns(RuntimeWarning, match="ImageNet weights for resnet50_attention could not be loaded"):
+        record = training.train_model("resnet50_attention", settings, write_manifest(tmp_path), verbose=0)
+    assert record["weights"].startswith("random (ImageNet weights unavailable")
+    assert record["frozen_layers"] == 0 and record["trainable_layers"] == record["model_info"]["backbone_layers"]
+    assert record["learning_rates"] == pytest.approx([1e-3, training.learning_rate_at(1, 1e-3, 1, 2)])
+    assert record["recipe"]["loss"] == {"name": "categorical_crossentropy", "label_smoothing": 0.1,
+                                        "labels": "one-hot"}
+    assert record["preprocessing"]["family"] == "resnet50" and record["epochs_run"] == 2
+    model = training.load_trained_model(settings.paths.models / "resnet50_attention.keras")
+    assert isinstance(model.get_layer("spatial_attention"), models.SpatialAttention)
+
+
+def test_train_model_rejects_bad_input(tmp_path, monkeypatch):
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=1, warmup=1)
+    manifest = write_manifest(tmp_path)
+    with pytest.raises(ValueError, match="expected one of baseline_cnn"):
+        training.train_model("lenet", settings, manifest)
+    with pytest.raises(ValueError, match="align row by row"):
+        training.train_model("baseline_cnn", settings, manifest, images=np.zeros((2, 32, 32), np.uint8))
+    no_val = manifest.assign(split=manifest.split.replace("val", "train"))
+    with pytest.raises(ValueError, match="val split of the manifest is empty"):
+        training.train_model("baseline_cnn", settings, no_val, images=np.zeros((len(manifest), 32, 32), np.uint8))
+
+
+def test_an_interrupted_run_resumes_with_its_epochs_and_best_score(tmp_path, monkeypatch):
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=3, warmup=1)
+    paths = training._output_paths(settings, "baseline_cnn")
+    records = [{"epoch": 1, "val_balanced_accuracy": 0.4, "val_loss": 1.0},
+               {"epoch": 2, "val_balanced_accuracy": 0.6, "val_loss": 0.9}]
+    write_json(paths["epochs"], records)
+    write_json(paths["backup"] / "training_metadata.json", {"epoch": 2, "batch": 0})
+    paths["checkpoint"].write_bytes(b"checkpoint")
+    assert training._start_or_resume(paths) == (records, {"score": 0.6, "loss": 0.9, "epoch": 2})
+    (paths["backup"] / "training_metadata.json").unlink()  # a finished run: start afresh
+    assert training._start_or_resume(paths)[0] == [] and not paths["checkpoint"].exists()
+
+
+def test_training_curves_plot_the_history():
+    history = {"epoch": [1, 2], "loss": [1.2, 0.9], "accuracy": [0.4, 0.6], "val_loss": [1.1, 1.0],
+               "val_accuracy": [0.5, 0.5], "val_balanced_accuracy": [0.4, 0.5], "learning_rate": [1e-3, 5e-4]}
+    figure = training.plot_training_curves(history, title="baseline_cnn")
+    assert len(figure.axes) == 3 and len(figure.axes[1].lines) == 3
+    with pytest.raises(ValueError, match="no 'loss'"):
+        training.plot_training_curves({})
