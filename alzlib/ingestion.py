@@ -1,0 +1,692 @@
+"""Ingestion: accept a data set as it lies on disk, give every image a subject, split by subject, audit leakage.
+
+Layouts (docs: /work/shared/DATASETS.md): the synthetic cohort (cohort.json), class-folder trees with or without
+train/test folders (Kaggle 4-class, its 128 px re-upload, OASIS-1 export, ADNI AD/NC) and Hugging Face parquet
+files. Subject ids come from file names where they carry one and from image similarity where they do not.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from alzlib import config, splits
+from alzlib.io import write_json, write_parquet
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test", "val": "val",
+                 "valid": "val", "validation": "val"}
+MIN_SIDE = 32
+# Decompression-bomb guard: the header is checked before any pixel is decoded (PIL's own limit is ~179 MP).
+MAX_PIXELS = 40_000_000
+THUMBNAIL_SIDE = 64
+# Copies of one picture (re-encoded, resized) correlate >= 0.9999 on 64 px thumbnails; neighbouring slices of
+# one scan at most ~0.995 (measured on fixture scans), so 0.998 separates "same picture" from "next slice".
+NEAR_DUPLICATE_CORRELATION = 0.998
+# Falah/Alzheimer_MRI label integers (its dataset card): 0 Mild, 1 Moderate, 2 Non, 3 VeryMild.
+HF_FALAH_LABELS = {0: "MildDemented", 1: "ModerateDemented", 2: "NonDemented", 3: "VeryMildDemented"}
+SUBJECT_PATTERNS = (
+    ("filename:oasis", re.compile(r"^(?P<subject>OAS[12]_\d{4})_MR\d+.*?_(?P<slice>\d+)$", re.IGNORECASE)),
+    ("filename:adni", re.compile(r"^(?P<subject>\d+(?:_S_\d+)?)_(?P<slice>\d+)$")),
+)
+SYNTHETIC_PATTERN = re.compile(r"^(?P<subject>SYN\d{4,})_slice(?P<slice>\d+)$")
+MANIFEST_COLUMNS = ("path", "label", "label_index", "subject_id", "subject_source", "split", "shipped_split",
+                    "sha256", "width", "height", "mode", "format", "slice_index", "mask_path", "original_folder",
+                    "near_duplicate_group")
+
+
+class IngestionError(ValueError):
+    """The data set cannot be ingested as it is; the message names the file or folder and what was expected."""
+
+
+class UnusableImage(ValueError):
+    """One file cannot be used; its message is the skip reason recorded in the report."""
+
+
+# ------------------------------------------------------------------------------------------------ class names
+
+
+def _class_key(folder: str) -> str:
+    """Return a folder name reduced to lower-case letters, without a leading number ('2 Mild' -> 'mild')."""
+    return re.sub(r"[^a-z]", "", re.sub(r"^\s*\d+[\s._-]*", "", folder).lower())
+
+
+FOUR_CLASS_KEYS = {"verymild": "VeryMildDemented", "mild": "MildDemented", "moderate": "ModerateDemented"}
+NORMAL_KEYS = {"non", "no", "normal", "cn", "nc", "control", "healthy", "cognitivelynormal"}
+AD_KEYS = {"ad", "alzheimer", "alzheimers", "alzheimersdisease"}
+
+
+def canonical_class(folder: str) -> tuple[str, str] | None:
+    """Return (kind, class) for a folder name: kind 'four', 'two' or 'normal' (either task); None if unknown."""
+    key = _class_key(folder)
+    stem = re.sub(r"(demented|dementia|dem)$", "", key)
+    if stem in FOUR_CLASS_KEYS:
+        return "four", FOUR_CLASS_KEYS[stem]
+    if key in NORMAL_KEYS or stem in NORMAL_KEYS:
+        return "normal", "NonDemented"
+    if key in AD_KEYS:
+        return "two", "AD"
+    return None
+
+
+def resolve_classes(folders: list[str], data_dir: Path) -> tuple[str, dict[str, str]]:
+    """Return the task ('4-class'/'2-class') and {folder name: canonical class}; raise IngestionError otherwise."""
+    mapped = {folder: canonical_class(folder) for folder in sorted(set(folders))}
+    unknown = [folder for folder, value in mapped.items() if value is None]
+    if unknown:
+        raise IngestionError(f"Cannot map class folder(s) {unknown} in {data_dir} to a class: expected names like "
+                             f"{list(config.CLASS_NAMES)} (or 'Non Demented', 'Very mild Dementia', '2 Mild', "
+                             f"'Moderate_Demented') or the 2-class {list(config.BINARY_CLASS_NAMES)} / CN.")
+    kinds = {kind for kind, _ in mapped.values()}
+    if {"four", "two"} <= kinds:
+        four = [folder for folder, value in mapped.items() if value[0] == "four"]
+        two = [folder for folder, value in mapped.items() if value[0] == "two"]
+        raise IngestionError(f"{data_dir} mixes 4-class folders {four} with 2-class folders {two}: expected "
+                             f"either {list(config.CLASS_NAMES)} or {list(config.BINARY_CLASS_NAMES)}.")
+    task = "2-class" if "two" in kinds else "4-class"
+    mapping = {folder: ("NC" if task == "2-class" else name) if kind == "normal" else name
+               for folder, (kind, name) in mapped.items()}
+    if len(set(mapping.values())) < 2:
+        raise IngestionError(f"{data_dir} holds only class {sorted(set(mapping.values()))} (folders "
+                             f"{sorted(mapping)}): a classification task needs at least two classes.")
+    return task, mapping
+
+
+def ordered_classes(labels, task: str) -> list[str]:
+    """Return the task's classes present in `labels`, in canonical order."""
+    names = config.BINARY_CLASS_NAMES if task == "2-class" else config.CLASS_NAMES
+    present = set(labels)
+    return [name for name in names if name in present]
+
+
+# ------------------------------------------------------------------------------------------------ subject ids
+
+
+def parse_subject(stem: str, synthetic: bool = False) -> tuple[str | None, str | None, int | None]:
+    """Return (subject id, how it was derived, slice index) parsed from a file stem, or Nones."""
+    patterns = (("filename:synthetic", SYNTHETIC_PATTERN),) if synthetic else SUBJECT_PATTERNS
+    for source, pattern in patterns:
+        match = pattern.match(stem)
+        if match:
+            subject = match["subject"].upper() if source == "filename:oasis" else match["subject"]
+            return subject, source, int(match["slice"])
+    return None, None, None
+
+
+# ------------------------------------------------------------------------------------------------ scanning
+
+
+@dataclass
+class DatasetScan:
+    """What lies on disk: candidate images with their labels and ids, the layout, and files skipped already."""
+
+    files: pd.DataFrame
+    data_source: dict
+    task: str
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _check_data_dir(data_dir: Path) -> Path:
+    """Return the resolved data folder; raise FileNotFoundError/IngestionError when missing or empty."""
+    if not data_dir.exists():
+        raise FileNotFoundError(f"Data folder {data_dir} does not exist: set DATA_DIR to a data set root "
+                                f"(class folders, train/test folders or parquet files), or None for the synthetic "
+                                f"cohort.")
+    if not data_dir.is_dir():
+        raise IngestionError(f"DATA_DIR {data_dir} is a file: expected a folder.")
+    if not any(path.is_file() for path in data_dir.rglob("*")):
+        raise IngestionError(f"Data folder {data_dir} is empty: expected class folders of images "
+                             f"(e.g. {data_dir}/NonDemented/*.jpg) or parquet files.")
+    return data_dir.resolve()
+
+
+def scan_dataset(data_dir: str | Path) -> DatasetScan:
+    """Find every candidate image under `data_dir` with its class, shipped split and (parsed) subject id."""
+    root = _check_data_dir(Path(data_dir).expanduser())
+    if _is_synthetic(root):
+        return _scan_folders(root / "images", root, {"kind": "synthetic", "layout": "synthetic cohort",
+                                                     "synthetic": True})
+    files = [path for path in root.rglob("*") if path.is_file() and not _hidden(path, root)]
+    if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in files) and any(
+            path.suffix.lower() == ".parquet" for path in files):
+        return _scan_parquet(sorted(path for path in files if path.suffix.lower() == ".parquet"), root)
+    return _scan_folders(root, root, {"kind": "class_folders", "layout": None, "synthetic": False})
+
+
+def _is_synthetic(root: Path) -> bool:
+    """True when `root` holds a cohort.json marker saying the data is synthetic."""
+    marker = root / "cohort.json"
+    if not marker.is_file():
+        return False
+    try:
+        return bool(json.loads(marker.read_text()).get("synthetic"))
+    except (ValueError, AttributeError) as error:
+        raise IngestionError(f"{marker} is not a valid cohort marker ({error}): expected JSON with "
+                             f"\"synthetic\": true.") from error
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """True for files inside hidden folders or hidden files (.DS_Store, .ipynb_checkpoints)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _class_folder(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """Return (class folder name, shipped split) of an image: its nearest non-split ancestor below `root`."""
+    parents = path.relative_to(root).parts[:-1]
+    shipped = next((SPLIT_FOLDERS[part.lower()] for part in parents if part.lower() in SPLIT_FOLDERS), None)
+    for part in reversed(parents):
+        if part.lower() not in SPLIT_FOLDERS and canonical_class(part) is not None:
+            return part, shipped
+    folder = parents[-1] if parents and parents[-1].lower() not in SPLIT_FOLDERS else None
+    return folder, shipped
+
+
+def _scan_folders(image_root: Path, root: Path, data_source: dict) -> DatasetScan:
+    """Scan a class-folder tree (optionally under train/test folders)."""
+    if not image_root.is_dir():
+        raise IngestionError(f"{root} has a synthetic cohort.json but no images/ folder: expected "
+                             f"{image_root}/<Class>/SYN0001_slice00.jpg.")
+    files = sorted(path for path in image_root.rglob("*") if path.is_file() and not _hidden(path, root))
+    images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise IngestionError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {image_root}: expected class "
+                             f"folders of images, e.g. {image_root}/NonDemented/*.jpg.")
+    placed = {path: _class_folder(path, image_root) for path in images}
+    loose = [str(path) for path, (folder, _) in placed.items() if folder is None]
+    if len(loose) == len(images):
+        raise IngestionError(f"No class folders in {image_root}: found {len(images)} image(s) such as {loose[0]} "
+                             f"outside any class folder; expected {image_root}/<Class>/<image>.")
+    task, mapping = resolve_classes([folder for folder, _ in placed.values() if folder], image_root)
+    skipped = [{"path": path, "reason": "outside any class folder"} for path in loose]
+    skipped += [{"path": str(path), "reason": f"not an image file (extension {path.suffix or 'none'!r})"}
+                for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
+    synthetic = data_source["kind"] == "synthetic"
+    rows = [_folder_row(path, folder, shipped, mapping, root, synthetic)
+            for path, (folder, shipped) in placed.items() if folder]
+    frame = pd.DataFrame(rows)
+    data_source = {**data_source, "layout": data_source["layout"] or _layout_name(frame, task)}
+    return DatasetScan(frame, data_source, task, skipped)
+
+
+def _folder_row(path: Path, folder: str, shipped: str | None, mapping: dict, root: Path, synthetic: bool) -> dict:
+    """Return the candidate row of one image file in a class folder."""
+    subject, source, slice_index = parse_subject(path.stem, synthetic)
+    mask = None
+    if synthetic:
+        mask_path = root / "masks" / path.parent.name / f"{path.stem}.png"
+        mask = str(mask_path.resolve()) if mask_path.is_file() else None
+    return {"path": str(path.resolve()), "label": mapping[folder], "original_folder": folder,
+            "shipped_split": shipped, "subject_id": subject, "subject_source": source,
+            "slice_index": slice_index, "mask_path": mask}
+
+
+def _layout_name(frame: pd.DataFrame, task: str) -> str:
+    """Describe a class-folder layout in words (for titles and the report)."""
+    shipped = sorted(frame["shipped_split"].dropna().unique())
+    sources = sorted(frame["subject_source"].dropna().unique())
+    ids = f", ids from {'/'.join(source.split(':')[1] for source in sources)} file names" if sources else ""
+    split = f" with shipped {'/'.join(shipped)} folders" if shipped else ""
+    return f"{task} class folders{split}{ids}"
+
+
+def _scan_parquet(paths: list[Path], root: Path) -> DatasetScan:
+    """Scan Hugging Face style parquet files (columns `image` {bytes, path} and `label`)."""
+    rows = []
+    for path in paths:
+        table = _parquet_table(str(path.resolve()))
+        shipped = next((SPLIT_FOLDERS[word] for word in re.split(r"[^a-z]+", path.stem.lower())
+                        if word in SPLIT_FOLDERS), None)
+        labels = [_parquet_label(value, path) for value in table["label"]]
+        rows += [{"path": f"{path.resolve()}#row={index}", "label": label, "original_folder": f"label {raw}",
+                  "shipped_split": shipped, "subject_id": None, "subject_source": None, "slice_index": None,
+                  "mask_path": None} for index, (raw, label) in enumerate(zip(table["label"], labels))]
+    frame = pd.DataFrame(rows)
+    task = "2-class" if set(frame["label"]) <= set(config.BINARY_CLASS_NAMES) else "4-class"
+    return DatasetScan(frame, {"kind": "parquet", "layout": f"{task} parquet ({len(paths)} files)",
+                               "synthetic": False}, task)
+
+
+def _parquet_label(value, path: Path) -> str:
+    """Return the canonical class of one parquet label (Falah integers or class-name strings)."""
+    if isinstance(value, (int, np.integer)) and int(value) in HF_FALAH_LABELS:
+        return HF_FALAH_LABELS[int(value)]
+    if isinstance(value, str) and canonical_class(value) is not None:
+        return canonical_class(value)[1]
+    raise IngestionError(f"{path}: label {value!r} is not a known class: expected an integer 0-3 "
+                         f"({HF_FALAH_LABELS}) or a class name.")
+
+
+@functools.lru_cache(maxsize=4)
+def _parquet_table(path: str) -> dict:
+    """Return {'image': [bytes or None], 'label': [...]} of a parquet file; raise IngestionError on bad columns."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a corrupt file
+        raise IngestionError(f"{path} cannot be read as parquet ({error}).") from error
+    missing = [column for column in ("image", "label") if column not in frame.columns]
+    if missing:
+        raise IngestionError(f"{path} lacks column(s) {missing}: expected 'image' (struct with 'bytes') and "
+                             f"'label' (Hugging Face Falah/Alzheimer_MRI layout); found {list(frame.columns)}.")
+    images = [value.get("bytes") if isinstance(value, dict) else value for value in frame["image"]]
+    return {"image": images, "label": list(frame["label"])}
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+
+def read_bytes(path: str) -> bytes:
+    """Return the encoded bytes behind a manifest path (a file or `<parquet>#row=<i>`)."""
+    if "#row=" in path:
+        parquet, row = path.rsplit("#row=", 1)
+        content = _parquet_table(parquet)["image"][int(row)]
+        if not isinstance(content, (bytes, bytearray)):
+            raise UnusableImage(f"not an image: parquet row holds {type(content).__name__}, expected bytes")
+        return bytes(content)
+    return Path(path).read_bytes()
+
+
+def _open_checked(content: bytes) -> Image.Image:
+    """Open encoded bytes with PIL, checking emptiness, type and size before decoding any pixel."""
+    if not content:
+        raise UnusableImage("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(content))
+    except Image.DecompressionBombError as error:
+        raise UnusableImage(f"too large: {error} (decompression-bomb guard)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UnusableImage(f"not an image: PIL cannot identify it ({error})") from error
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise UnusableImage(f"too large: {width}x{height} pixels exceeds the {MAX_PIXELS:,}-pixel limit "
+                            f"(decompression-bomb guard)")
+    if min(width, height) < MIN_SIDE:
+        raise UnusableImage(f"too small: {width}x{height} pixels, expected at least {MIN_SIDE} on each side")
+    return image
+
+
+def to_greyscale(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """Return uint8 greyscale pixels and a note when the conversion changed the range (16-bit, float)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) / (high - low) * 255 if high > low else np.zeros_like(pixels)
+        return np.round(scaled).astype(np.uint8), f"rescaled {image.mode} range {low:g}-{high:g} to 8-bit 0-255"
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparency is ignored: MRI slices carry no meaning in alpha, and converting drops it.
+        return np.asarray(image.convert("RGBA").convert("L"), dtype=np.uint8), f"converted {image.mode} to L"
+    if image.mode != "L":
+        return np.asarray(image.convert("L"), dtype=np.uint8), f"converted {image.mode} to L"
+    return np.asarray(image, dtype=np.uint8), None
+
+
+def decode(content: bytes) -> tuple[np.ndarray, dict]:
+    """Decode image bytes to uint8 greyscale; return pixels and {width, height, mode, format, note}."""
+    image = _open_checked(content)
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise UnusableImage(f"truncated or corrupt image data ({error})") from error
+    pixels, note = to_greyscale(image)
+    return pixels, {"width": image.width, "height": image.height, "mode": image.mode, "format": image.format,
+                    "note": note}
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Return the image behind a manifest path (file or `<parquet>#row=<i>`) as uint8 H x W greyscale."""
+    path = str(path)
+    try:
+        return decode(read_bytes(path))[0]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path} does not exist: was the data folder moved since ingestion?") from error
+    except UnusableImage as error:
+        raise UnusableImage(f"{path}: {error}") from error
+
+
+def thumbnail(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """Return a side x side float32 area-averaged thumbnail (aspect ignored: it is only compared, never shown)."""
+    import cv2
+
+    return cv2.resize(pixels.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Return rows centred and scaled to unit length, so a dot product is a Pearson correlation."""
+    centred = vectors - vectors.mean(axis=1, keepdims=True)
+    return (centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def read_candidates(files: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list[dict], list[dict]]:
+    """Decode every candidate: return usable rows (with sha256, size, mode), thumbnails, skips and conversions."""
+    kept, thumbnails, skipped, conversions = [], [], [], []
+    for row in files.to_dict("records"):
+        try:
+            content = read_bytes(row["path"])
+            pixels, info = decode(content)
+        except (UnusableImage, OSError) as error:
+            skipped.append({"path": row["path"], "reason": str(error)})
+            continue
+        note = info.pop("note")
+        if note:
+            conversions.append({"path": row["path"], "conversion": note})
+        kept.append({**row, **info, "sha256": hashlib.sha256(content).hexdigest()})
+        thumbnails.append(thumbnail(pixels).ravel())
+    if not kept:
+        raise IngestionError(f"None of the {len(files)} candidate image(s) could be read; first skip: "
+                             f"{skipped[0] if skipped else None}.")
+    return pd.DataFrame(kept), np.stack(thumbnails), skipped, conversions
+
+
+# ------------------------------------------------------------------------------------------------ duplicates
+
+
+def near_duplicate_pairs(features: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELATION,
+                         block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Return index pairs (i < j) whose unit-row features correlate at or above `threshold`."""
+    firsts, seconds = [], []
+    for start in range(0, len(features), block):
+        similarity = features[start:start + block] @ features.T
+        rows, columns = np.nonzero(similarity >= threshold)
+        rows = rows + start
+        keep = columns > rows
+        firsts.append(rows[keep])
+        seconds.append(columns[keep])
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def components(count: int, firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Return connected-component labels of an undirected graph given by edge lists."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(firsts)), (firsts, seconds)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
+def duplicate_groups(frame: pd.DataFrame, features: np.ndarray) -> pd.Series:
+    """Return a near-duplicate group id per row (exact copies and pixel copies together); None when unique."""
+    firsts, seconds = near_duplicate_pairs(features)
+    codes = frame["sha256"].astype("category").cat.codes.to_numpy()
+    by_hash = pd.Series(np.arange(len(frame))).groupby(codes).transform("min").to_numpy()
+    labels = components(len(frame), np.concatenate([firsts, by_hash]),
+                        np.concatenate([seconds, np.arange(len(frame))]))
+    sizes = np.bincount(labels)
+    groups = pd.Series(labels, index=frame.index).where(sizes[labels] > 1)
+    # Number groups by their first row (rows are sorted by path) so ids are stable across runs.
+    first_row = groups.dropna().groupby(groups.dropna()).head(1)
+    renumber = {value: number for number, value in enumerate(first_row.to_numpy())}
+    return groups.map(renumber).astype("Int64")
+
+
+def duplicate_summary(frame: pd.DataFrame) -> dict:
+    """Count exact duplicates (same SHA-256), near duplicates and copies filed under different classes."""
+    exact = frame[frame.duplicated("sha256", keep=False)]
+    near = frame.dropna(subset=["near_duplicate_group"])
+    conflicting = near.groupby("near_duplicate_group")["label"].nunique()
+    examples = [sorted(group["path"])[:3] for _, group in exact.groupby("sha256")][:splits.EXAMPLES_SHOWN]
+    return {"exact_groups": int(exact["sha256"].nunique()), "exact_images": len(exact),
+            "near_groups": int(near["near_duplicate_group"].nunique()), "near_images": len(near),
+            "groups_with_conflicting_labels": int((conflicting > 1).sum()),
+            "near_threshold": NEAR_DUPLICATE_CORRELATION, "exact_examples": examples}
+
+
+# ------------------------------------------------------------------------------------------------ grouping
+
+# Pseudo-subjects where file names carry no id (Kaggle, its re-upload, HF parquet). Consecutive slices of one
+# scan are near-identical, but different scans at the same slice level are also alike, so raw correlation
+# alone merges scans. Whitening (PCA on 32 px thumbnails, each component scaled to unit variance) suppresses
+# what all scans share at a level; mutual k-nearest-neighbour edges above a similarity floor then chain the
+# slices of one scan, and connected components are the scans. Leakage comes from under-merging (one scan in
+# two groups that may land in different splits), so fragments are attached to their most similar group and
+# duplicates are forced together; over-merging only costs subjects. Groups above 1.5x the class's median group
+# (two scans chained together) are re-grouped with a stricter graph (k=2), never cut at random. Whitening
+# keeps at most n/3 components (at most 400): more components than the data supports makes all images alike.
+GROUP_SIDE = 32
+GROUP_COMPONENTS = 400
+GROUP_NEIGHBOURS = 3
+GROUP_FLOOR = 0.4
+MIN_GROUP_SIZE = 3
+GROUP_SIZE_RATIO = 1.5
+MIN_GROUP_CAP = 16
+
+
+def top_eigenvectors(covariance: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the `count` largest eigenvalues and their eigenvectors of a symmetric matrix."""
+    from scipy.linalg import eigh
+    from threadpoolctl import threadpool_limits
+
+    size = len(covariance)
+    count = min(count, size)
+    # One BLAS thread: multi-threaded LAPACK eigensolvers slow down 10-50x on a busy 2-core machine.
+    with threadpool_limits(1):
+        values, vectors = eigh(covariance.astype(np.float64), subset_by_index=(size - count, size - 1))
+    return values[::-1], vectors[:, ::-1]
+
+
+def whitened_features(thumbnails: np.ndarray, side: int = GROUP_SIDE) -> np.ndarray:
+    """Return unit rows of PCA-whitened side x side thumbnails (components: at most n/3, so whitening stays stable)."""
+    count, area = thumbnails.shape
+    full = round(area ** 0.5)
+    factor = max(full // side, 1)
+    small = thumbnails.reshape(count, full // factor, factor, full // factor, factor).mean(axis=(2, 4))
+    centred = unit_rows(small.reshape(count, -1))
+    centred = centred - centred.mean(axis=0)
+    values, vectors = top_eigenvectors(centred.T @ centred / count, min(GROUP_COMPONENTS, max(2, count // 3)))
+    projected = centred @ vectors / np.sqrt(np.maximum(values, 1e-12))
+    return (projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def mutual_neighbour_labels(similarity: np.ndarray, neighbours: int, floor: float) -> np.ndarray:
+    """Return connected components of the mutual k-nearest-neighbour graph restricted to edges >= floor."""
+    count = len(similarity)
+    neighbours = min(neighbours, count - 1)
+    if neighbours < 1:
+        return np.zeros(count, dtype=np.int64)
+    masked = similarity.copy()
+    np.fill_diagonal(masked, -np.inf)
+    nearest = np.argpartition(-masked, neighbours - 1, axis=1)[:, :neighbours]
+    adjacency = np.zeros((count, count), dtype=bool)
+    adjacency[np.repeat(np.arange(count), neighbours), nearest.ravel()] = True
+    firsts, seconds = np.nonzero(np.triu(adjacency & adjacency.T & (masked >= floor), 1))
+    return components(count, firsts, seconds)
+
+
+def attach_fragments(similarity: np.ndarray, labels: np.ndarray, minimum: int = MIN_GROUP_SIZE) -> np.ndarray:
+    """Merge every group smaller than `minimum` into the group of its most similar outside image."""
+    labels = labels.copy()
+    while True:
+        sizes = np.bincount(labels)
+        small = [label for label in np.flatnonzero((sizes > 0) & (sizes < minimum))]
+        if not small or len(np.unique(labels)) < 2:
+            return labels
+        label = small[0]
+        members = np.flatnonzero(labels == label)
+        outside = similarity[members][:, labels != label]
+        target = labels[labels != label][np.unravel_index(np.argmax(outside), outside.shape)[1]]
+        labels[labels == label] = target
+
+
+def group_one_class(similarity: np.ndarray, neighbours: int = GROUP_NEIGHBOURS, maximum: int | None = None
+                    ) -> np.ndarray:
+    """Return pseudo-scan labels of one class's images from their whitened similarity matrix.
+
+    A group above `maximum` (default: GROUP_SIZE_RATIO x the median first-pass group, at least MIN_GROUP_CAP)
+    is re-grouped with one neighbour fewer (a stricter graph); at two neighbours it is kept whole, since cutting
+    further would split scans (leakage) rather than separate them.
+    """
+    labels = attach_fragments(similarity, mutual_neighbour_labels(similarity, neighbours, GROUP_FLOOR))
+    labels = np.unique(labels, return_inverse=True)[1]
+    sizes = np.bincount(labels)
+    maximum = maximum or max(MIN_GROUP_CAP, int(GROUP_SIZE_RATIO * np.median(sizes)))
+    if sizes.max() <= maximum or neighbours <= 2:
+        return labels
+    for label in np.flatnonzero(sizes > maximum):
+        members = np.flatnonzero(labels == label)
+        inner = group_one_class(similarity[np.ix_(members, members)], neighbours - 1, maximum)
+        labels[members] = np.where(inner == 0, label, labels.max() + 1 + inner)
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def _merge_duplicates(labels: np.ndarray, duplicates: np.ndarray) -> np.ndarray:
+    """Put copies of one picture (same near-duplicate group) into one group."""
+    known = pd.notna(duplicates)
+    firsts = np.arange(len(labels))[known]
+    code = pd.Series(duplicates[known]).astype("int64").to_numpy()
+    partner = pd.Series(firsts).groupby(code).transform("min").to_numpy()
+    extra = len(labels)
+    graph_firsts = np.concatenate([np.arange(len(labels)), firsts])
+    graph_seconds = np.concatenate([extra + labels, partner])
+    return components(extra + labels.max() + 1, graph_firsts, graph_seconds)[:len(labels)]
+
+
+def similarity_groups(thumbnails: np.ndarray, labels: np.ndarray, duplicates: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, dict]:
+    """Return a pseudo-subject id per image (`sim_<class>_<n>`), grouping within each class, and a summary."""
+    features = whitened_features(thumbnails)
+    duplicates = np.full(len(labels), None, dtype=object) if duplicates is None else np.asarray(duplicates, object)
+    identifiers = np.empty(len(labels), dtype=object)
+    sizes = []
+    for label in sorted(set(labels)):
+        rows = np.flatnonzero(labels == label)
+        groups = group_one_class(features[rows] @ features[rows].T)
+        groups = _merge_duplicates(groups, duplicates[rows])
+        # Number groups by their first row (rows follow the sorted paths) so ids are stable across runs.
+        order = {value: number for number, value in enumerate(dict.fromkeys(groups))}
+        identifiers[rows] = [f"sim_{label}_{order[value]:04d}" for value in groups]
+        sizes += list(np.bincount(groups))
+    return identifiers, {"method": "whitened thumbnail mutual k-NN components", "thumbnail_side": GROUP_SIDE,
+                         "max_components": GROUP_COMPONENTS, "neighbours": GROUP_NEIGHBOURS, "floor": GROUP_FLOOR,
+                         "min_group_size": MIN_GROUP_SIZE, "group_size_ratio": GROUP_SIZE_RATIO,
+                         "groups": len(sizes), "group_size_median": float(np.median(sizes)),
+                         "group_size_max": int(max(sizes)),
+                         "groups_over_twice_median": int(sum(size > 2 * np.median(sizes) for size in sizes))}
+
+
+# ------------------------------------------------------------------------------------------------ subjects
+
+
+def assign_similarity_subjects(frame: pd.DataFrame, thumbnails: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Give rows without a parsed subject id a pseudo-subject from image similarity, one class at a time."""
+    missing = frame["subject_id"].isna().to_numpy()
+    if not missing.any():
+        return frame, {"method": None, "images": 0}
+    started = time.perf_counter()
+    rows = np.flatnonzero(missing)
+    duplicates = frame["near_duplicate_group"].to_numpy()[rows]
+    groups, details = similarity_groups(thumbnails[rows], frame["label"].to_numpy()[rows], duplicates)
+    frame = frame.copy()
+    frame.loc[frame.index[rows], "subject_id"] = groups
+    frame.loc[frame.index[rows], "subject_source"] = "similarity"
+    details.update(images=len(rows), seconds=round(time.perf_counter() - started, 2))
+    return frame, details
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def _manifest_frame(scan: DatasetScan) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Decode, hash, de-duplicate-group and subject-group the scanned files; return rows sorted by path."""
+    files = scan.files.sort_values("path", kind="stable").reset_index(drop=True)
+    frame, thumbnails, skipped, conversions = read_candidates(files)
+    features = unit_rows(thumbnails)
+    frame["near_duplicate_group"] = duplicate_groups(frame, features)
+    frame, grouping = assign_similarity_subjects(frame, thumbnails)
+    classes = ordered_classes(frame["label"], scan.task)
+    if len(classes) < 2:
+        raise IngestionError(f"Only class {classes} has readable images: a classification task needs two.")
+    frame["label_index"] = frame["label"].map({name: index for index, name in enumerate(classes)}).astype(int)
+    extras = {"skipped": scan.skipped + skipped, "conversions": conversions, "grouping": grouping,
+              "classes": classes}
+    return frame, features, extras
+
+
+def choose_split(frame: pd.DataFrame, policy: str, seed: int) -> tuple[pd.Series, pd.Series | None]:
+    """Return (the subject split, the split under the shipped policy or None when nothing is shipped)."""
+    subject = splits.subject_split(frame, seed)
+    shipped = None
+    if frame["shipped_split"].notna().all():
+        shipped = splits.shipped_policy_split(frame, seed)
+    if policy == "shipped" and shipped is None:
+        raise IngestionError("SPLIT='shipped' but this data set ships no train/test split for every image "
+                             "(no train/test folders or files): use SPLIT='subject'.")
+    return subject, shipped
+
+
+def build_report(frame: pd.DataFrame, features: np.ndarray, scan: DatasetScan, extras: dict,
+                 settings: config.Settings) -> dict:
+    """Assemble the ingestion report: source, classes, counts, skips, duplicates, split policy, leakage audit."""
+    subject_frame = frame.assign(split=frame["subject_split"])
+    audit = {"subject": splits.leakage_audit(subject_frame, "split", features),
+             "shipped": (splits.leakage_audit(frame, "shipped_split", features)
+                         if frame["shipped_split"].notna().any() else None)}
+    counts = {"files_seen": int(len(frame) + len(extras["skipped"])), "images": len(frame),
+              "skipped": len(extras["skipped"]), "subjects": int(frame["subject_id"].nunique()),
+              "per_class": _count(frame, "label"), "per_split": _count(frame, "split"),
+              "subjects_per_class": {str(key): int(value) for key, value in
+                                     frame.groupby("label")["subject_id"].nunique().items()},
+              "subject_sources": _count(frame, "subject_source")}
+    return {"data_dir": str(settings.data_dir), "data_source": scan.data_source, "classes": extras["classes"],
+            "task": scan.task, "counts": counts, "skipped": extras["skipped"], "conversions": extras["conversions"],
+            "duplicates": duplicate_summary(frame), "subject_grouping": extras["grouping"],
+            "split_policy": settings.split, "seed": settings.seed,
+            "split_fractions": list(splits.DEFAULT_FRACTIONS),
+            "split_warnings": splits.split_warnings(frame, "split"), "leakage_audit": audit}
+
+
+def _count(frame: pd.DataFrame, column: str) -> dict:
+    """Return value counts of a column as a sorted JSON-ready dict."""
+    return {str(key): int(value) for key, value in sorted(frame[column].value_counts().items())}
+
+
+def build_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
+    """Ingest `settings.data_dir`; write manifest.parquet and ingestion_report.json; return both."""
+    scan = scan_dataset(settings.data_dir)
+    frame, features, extras = _manifest_frame(scan)
+    subject, shipped = choose_split(frame, settings.split, settings.seed)
+    frame["subject_split"] = subject
+    frame["split"] = shipped if settings.split == "shipped" else subject
+    report = build_report(frame, features, scan, extras, settings)
+    manifest = frame[list(MANIFEST_COLUMNS)].reset_index(drop=True)
+    manifest["slice_index"] = manifest["slice_index"].astype("Int64")
+    write_parquet(settings.paths.manifest, manifest)
+    write_json(settings.paths.ingestion_report, report)
+    return manifest, report
+
+
+def audit_frame(report: dict) -> pd.DataFrame:
+    """Return the leakage audit of an ingestion report as one tidy table (policy, check, value, in use)."""
+    rows = []
+    for policy, audit in (report.get("leakage_audit") or {}).items():
+        if audit is None:
+            rows.append((policy, "data set ships a split", "no", policy == report.get("split_policy")))
+            continue
+        for check, value in _audit_checks(audit):
+            rows.append((policy, check, value, policy == report.get("split_policy")))
+    return pd.DataFrame(rows, columns=["split_policy", "check", "value", "in_use"])
+
+
+def _audit_checks(audit: dict) -> list[tuple[str, object]]:
+    """Flatten one split's audit into (check, value) rows."""
+    checks = [("images per split", ", ".join(f"{key} {value}" for key, value in audit["images_per_split"].items())),
+              ("subjects shared between splits", f"{audit['subjects_shared']} of {audit['subjects_total']}"),
+              ("exact duplicate groups across splits", audit["exact_duplicates_across_splits"]["groups"]),
+              ("near duplicate groups across splits", audit["near_duplicates_across_splits"]["groups"])]
+    neighbours = audit.get("pixel_neighbours") or {}
+    for split, summary in neighbours.items():
+        if isinstance(summary, dict):
+            near_identical = f"{split}: share with a near-identical train image (r >= {neighbours['threshold']})"
+            checks += [(f"{split}: median correlation with nearest train image", round(summary["correlation_median"], 4)),
+                       (near_identical, round(summary["near_identical_share"], 4)),
+                       (f"{split}: raw-pixel 1-NN accuracy (majority class rate)",
+                        f"{summary['nearest_neighbour_accuracy']:.3f} ({summary['majority_class_rate']:.3f})")]
+    checks.append(("leaks", "yes" if audit["leaks"] else "no"))
+    return checks
