@@ -321,3 +321,16 @@ def test_similarity_grouping_keeps_every_fixture_scan_whole():
     assert adjusted_rand_score(truth, groups) >= 0.9
     assert all(len(set(groups[truth == scan])) == 1 for scan in range(8))
     assert details["group_size_max"] == 10 and details["groups"] == 8
+
+
+def test_coarse_to_fine_near_duplicate_search_finds_exactly_the_brute_force_pairs():
+    scans = fixtures.render_scans(3, 6, seed=5, size=(96, 80))
+    images = [slice_ for scan in scans for slice_ in scan]
+    copies = [fixtures.encode_image(images[index]) for index in (0, 7, 13)]
+    images += [ingestion.decode(content)[0] for content in copies]  # JPEG re-encoded copies
+    features = ingestion.unit_rows(np.stack([ingestion.thumbnail(image).ravel() for image in images]))
+    firsts, seconds = ingestion.near_duplicate_pairs(features, block=5)
+    similarity = features @ features.T
+    expected = {(i, j) for i, j in zip(*np.nonzero(similarity >= ingestion.NEAR_DUPLICATE_CORRELATION)) if i < j}
+    assert set(zip(firsts.tolist(), seconds.tolist())) == expected
+    assert {(0, 18), (7, 19), (13, 20)} <= expected
