@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
 import os
 import platform
 import random
@@ -17,8 +19,13 @@ LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "scikit
 
 
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up lines out of notebook outputs (oneDNN stays on)."""
+    """Keep TensorFlow's C++ start-up lines and Python-side notices out of notebook outputs (oneDNN stays on).
+
+    The Python notices silenced are advice for library authors (such as "tf.function retracing" when several
+    models predict in one notebook); errors still show.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def set_seeds(seed: int, deterministic: bool = False) -> None:
@@ -76,13 +83,32 @@ def hardware() -> dict:
 
 
 def distribution_strategy():
-    """Return MirroredStrategy over several visible GPUs, else TensorFlow's default strategy."""
+    """Return MultiWorkerMirroredStrategy when TF_CONFIG names a cluster, MirroredStrategy over several visible
+    GPUs, else TensorFlow's default strategy."""
     import tensorflow as tf
 
+    if cluster_config():
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def cluster_config() -> dict:
+    """Return the `cluster` of the TF_CONFIG environment variable ({} when unset), naming it when it is not JSON."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); expected e.g. "
+                         '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                         '"index": 0}}.') from error
+    if not isinstance(value, dict):
+        raise ValueError(f"TF_CONFIG must be a JSON object with 'cluster' and 'task', got {text[:80]!r}.")
+    return value.get("cluster") or {}
 
 
 def run_metadata(settings: config.Settings) -> dict:
