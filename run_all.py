@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from alzlib import config, runner
+from alzlib import config, environment, runner
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -20,7 +21,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(config.PROFILES), default=None,
                         help="data size, image size and epochs (default: ALZ_PROFILE, else full with a GPU, cpu without)")
-    parser.add_argument("--data", default=None, help="data set root (default: the synthetic cohort, made on first use)")
+    parser.add_argument("--data", type=Path, default=None, help="data set root (default: the synthetic cohort, made on first use)")
     parser.add_argument("--split", choices=config.SPLIT_POLICIES, default="subject",
                         help="subject: leakage-safe subject-level split (default); shipped: the data set's own split")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
@@ -35,6 +36,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks; return the exit code."""
     arguments = parse_arguments(argv)
+    environment.quiet_tensorflow()  # before the GPU check imports TensorFlow
+    if arguments.data and not arguments.data.is_dir():
+        print(f"error: --data {arguments.data} is not a folder: expected the root of a data set (see README, "
+              f"'Your own data').", file=sys.stderr)
+        return 2
     profile = config.get_profile(arguments.profile)
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None

@@ -103,3 +103,8 @@ def test_run_all_rejects_unknown_notebook_number(capsys):
 def test_run_all_rejects_unknown_profile():
     with pytest.raises(SystemExit):
         run_all.parse_arguments(["--profile", "huge"])
+
+
+def test_run_all_rejects_a_missing_data_folder(tmp_path, capsys):
+    assert run_all.main(["--profile", "smoke", "--data", str(tmp_path / "absent")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
