@@ -25,6 +25,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=config.SPLIT_POLICIES, default="subject",
                         help="subject: leakage-safe subject-level split (default); shipped: the data set's own split")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    parser.add_argument("--epochs", type=int, default=None, help="override the profile's epoch budget")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="TensorFlow op determinism: identical reruns, somewhat slower")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
@@ -44,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = config.get_profile(arguments.profile)
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
-    parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split}
+    parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
+                  "EPOCHS": arguments.epochs, "DETERMINISTIC": arguments.deterministic}
+    try:
+        config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs, None,
+                             arguments.deterministic)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         steps = runner.select_notebooks(runner.discover_notebooks(), arguments.only, arguments.start)
     except (ValueError, FileNotFoundError) as error:
