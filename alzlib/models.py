@@ -165,10 +165,7 @@ def _baseline_cnn(num_classes: int, image_size: int):
     x = inputs
     for block, filters in enumerate((32, 64, 128), start=1):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block}")(x)
-        # Momentum 0.9 (PyTorch's default) rather than Keras' 0.99: after ReLU on 0-1 inputs the batch variances
-        # are about 0.001, and with 0.99 the moving variance still carries ~8% of its initial 1.0 after the
-        # 256 steps of a cpu-profile run, so inference-mode outputs collapsed to one class (measured).
-        x = layers.BatchNormalization(momentum=0.9, name=f"bn{block}")(x)
+        x = layers.BatchNormalization(name=f"bn{block}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
         x = layers.Dropout(0.25, name=f"dropout{block}")(x)
     x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv4")(x)

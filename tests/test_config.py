@@ -9,7 +9,7 @@ from alzlib import config
 
 def test_profiles_have_increasing_budgets():
     smoke, cpu, full = (config.PROFILES[name] for name in ("smoke", "cpu", "full"))
-    assert smoke.image_size < cpu.image_size < full.image_size
+    assert smoke.image_size <= cpu.image_size < full.image_size
     assert smoke.epochs < cpu.epochs < full.epochs
     assert (full.image_size, full.batch_size, full.epochs, full.warmup_epochs) == (224, 32, 50, 5)
 

@@ -85,6 +85,31 @@ def test_permuted_labels_keep_the_counts_and_follow_the_seed():
     assert np.array_equal(shuffled, training.permuted_labels(labels, 3))
 
 
+def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers():
+    inner_inputs = keras.Input((4,))
+    inner = keras.Model(inner_inputs, keras.layers.BatchNormalization(name="nested_bn")(inner_inputs), name="inner")
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dropout(0.5, name="drop")(inner(inputs))
+    hidden = keras.layers.BatchNormalization(name="after_dropout")(hidden)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    model = keras.Model(inputs, frozen(hidden))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (64, 4)).astype("float32"), rng.normal(5.0, 1.0, (64, 4)).astype("float32")]
+
+    assert training.recalibrate_batch_norm(model, [(batch, None) for batch in batches]) == 2
+
+    nested = inner.get_layer("nested_bn")
+    np.testing.assert_allclose(nested.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(nested.moving_variance.numpy(), np.mean([b.var(0) for b in batches], axis=0),
+                               rtol=1e-4)
+    # Dropout off: the normalised activations reach the next layer with variance ~1 (about 2 with rate 0.5).
+    np.testing.assert_allclose(model.get_layer("after_dropout").moving_variance.numpy(), 1.0, atol=0.01)
+    np.testing.assert_array_equal(model.get_layer("frozen").moving_mean.numpy(), 0.0)
+    np.testing.assert_array_equal(model.get_layer("frozen").moving_variance.numpy(), 1.0)
+    assert nested.momentum == 0.99 and model.get_layer("drop").rate == 0.5
+
+
 def test_recipes_record_every_hyperparameter():
     profile = config.PROFILES["full"]
     baseline = training.training_recipe("baseline_cnn", profile)
@@ -145,11 +170,13 @@ def test_control_run_writes_the_model_its_record_and_training_files(control_run)
 
 def test_control_run_trains_on_shuffled_labels_and_validates_on_true_ones(control_run):
     settings, manifest, _, fed = control_run
-    (train_flag, train_labels), (val_flag, val_labels) = fed
+    (train_flag, train_labels), (val_flag, val_labels), (norm_flag, norm_labels) = fed
     true_train = manifest.loc[manifest.split == "train", "label_index"].to_numpy()
     assert train_flag and np.array_equal(train_labels, training.permuted_labels(true_train, settings.seed))
     assert not np.array_equal(train_labels, true_train)
     assert not val_flag and np.array_equal(val_labels, manifest.loc[manifest.split == "val", "label_index"])
+    # Batch-norm statistics come from un-augmented training images only.
+    assert not norm_flag and len(norm_labels) == min(len(true_train), training.BATCH_NORM_IMAGES)
 
 
 def test_saved_model_reloads_in_safe_mode(control_run):
