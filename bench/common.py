@@ -22,6 +22,10 @@ import numpy as np
 from alzlib import config, environment
 from alzlib.io import write_json
 
+# The image sizes of the cpu and full profiles, the defaults of every --sizes option.
+PROFILE_SIZES = f"{config.PROFILES['cpu'].image_size},{config.PROFILES['full'].image_size}"
+PROFILE_SIZES_HELP = (f"comma-separated image sizes (cpu profile {config.PROFILES['cpu'].image_size}, "
+                      f"full {config.PROFILES['full'].image_size})")
 # The Kaggle Alzheimer MRI set: 176 wide x 208 high greyscale JPEGs, 3200/2240/896/64 images per class.
 KAGGLE_WIDTH, KAGGLE_HEIGHT = 176, 208
 KAGGLE_CLASS_SHARES = {"NonDemented": 0.50, "VeryMildDemented": 0.35, "MildDemented": 0.14, "ModerateDemented": 0.01}

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Inference latency (batch 1) and throughput (batch 32) per model, measured as notebook 11 measures it.
 
-    python bench/inference.py                                    # all four models at 96 and 224 px
-    python bench/inference.py --sizes 96 --models baseline_cnn,efficientnetb0 --repeats 10
+    python bench/inference.py                                    # all four models at the cpu and full sizes (64, 224 px)
+    python bench/inference.py --sizes 64 --models baseline_cnn,efficientnetb0 --repeats 10
 
 Each model is built with random weights (speed does not depend on the weight values) and timed with
 alzlib.comparison.measure_inference: predict_on_batch on random float32 inputs, warm-up calls first, median of
@@ -27,7 +27,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(config.MODEL_NAMES), help="comma-separated model names")
-    parser.add_argument("--sizes", default="96,224", help="comma-separated image sizes (cpu profile 96, full 224)")
+    parser.add_argument("--sizes", default=common.PROFILE_SIZES, help=common.PROFILE_SIZES_HELP)
     parser.add_argument("--repeats", type=common.positive_int, default=30, help="timed batch-1 calls per model")
     parser.add_argument("--batch-size", type=common.positive_int, default=32, help="throughput batch")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Input-pipeline throughput: our decoded uint8 cache + tf.data against loaders that decode every epoch.
 
-    python bench/input_pipeline.py                       # 1,500 Kaggle-like JPEGs at 96 px, two epochs
+    python bench/input_pipeline.py                       # 1,500 Kaggle-like JPEGs at the cpu size (64 px), two epochs
     python bench/input_pipeline.py --image-size 224 --images 2000 --epochs 3
 
 Loaders, all over the same files, at the same image size, batch 32, with the training augmentation of the chosen
@@ -30,7 +30,7 @@ from pathlib import Path
 import common
 import numpy as np
 
-from alzlib import preprocessing
+from alzlib import config, preprocessing
 
 LOADERS = ("ours", "candidate_grey_augment", "imagedatagenerator", "image_dataset_from_directory")
 
@@ -42,7 +42,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="<root>/<Class>/*.jpg to read (default: data/synthetic/cpu/images if it has enough "
                              "images, else Kaggle-like JPEGs written under /tmp)")
     parser.add_argument("--images", type=common.positive_int, default=1500, help="images to write when none are given")
-    parser.add_argument("--image-size", type=common.positive_int, default=96, help="square size in pixels (cpu: 96)")
+    parser.add_argument("--image-size", type=common.positive_int, default=config.PROFILES["cpu"].image_size,
+                        help="square size in pixels (default: the cpu profile's)")
     parser.add_argument("--epochs", type=common.positive_int, default=2, help="epochs per loader (at least 2)")
     parser.add_argument("--batch-size", type=common.positive_int, default=32)
     parser.add_argument("--model", default="baseline_cnn", choices=sorted(preprocessing.FAMILIES),

@@ -44,7 +44,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(config.MODEL_NAMES), help="comma-separated model names")
-    parser.add_argument("--sizes", default="96,224", help="comma-separated image sizes (cpu profile 96, full 224)")
+    parser.add_argument("--sizes", default=common.PROFILE_SIZES, help=common.PROFILE_SIZES_HELP)
     parser.add_argument("--batch-size", type=common.positive_int, default=32, help="recipe: 32; NVIDIA used 256")
     parser.add_argument("--steps", type=common.positive_int, default=20, help="timed steps per model and size")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_float16"), default="auto",

@@ -19,14 +19,14 @@ run() {
   "$@" 2>&1 | tee "$logs/$name.log"
 }
 
-run input_pipeline_96 python bench/input_pipeline.py --images 1500 --image-size 96 --epochs 3 \
-  --output "$outputs/bench/input_pipeline_96.json"
+run input_pipeline_64 python bench/input_pipeline.py --images 1500 --image-size 64 --epochs 3 \
+  --output "$outputs/bench/input_pipeline_64.json"
 run input_pipeline_224 python bench/input_pipeline.py --images 1500 --image-size 224 --epochs 3 --model efficientnetb0 \
   --output "$outputs/bench/input_pipeline_224.json"
-run train_step python bench/train_step.py --sizes 96,224
-run inference python bench/inference.py --sizes 96,224
+run train_step python bench/train_step.py --sizes 64,224
+run inference python bench/inference.py --sizes 64,224
 run notebook_times python bench/notebook_times.py --profile cpu
 if [[ "${BENCH_JAX:-0}" == "1" ]]; then
-  run jax_train_step env KERAS_BACKEND=jax python bench/jax_train_step.py --sizes 96,224 --steps 50
+  run jax_train_step env KERAS_BACKEND=jax python bench/jax_train_step.py --sizes 64,224 --steps 50
 fi
 echo "== done: JSON files in $outputs/bench/"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Training throughput per model (images/s, batch 32): fed by our tf.data pipeline and by in-memory tensors.
 
-    python bench/train_step.py                                   # all four models at 96 and 224 px
-    python bench/train_step.py --sizes 96 --models baseline_cnn,efficientnetb0
-    python bench/train_step.py --sizes 96 --models baseline_cnn --steps-per-execution 1
+    python bench/train_step.py                                   # all four models at the cpu and full sizes (64, 224 px)
+    python bench/train_step.py --sizes 64 --models baseline_cnn,efficientnetb0
+    python bench/train_step.py --sizes 64 --models baseline_cnn --steps-per-execution 1
 
 Each model is built with random weights and, for the transfer models, the recipe's first layers frozen (what an
 ImageNet run trains), then compiled exactly as training compiles it on this machine (alzlib.training.training_recipe
@@ -37,7 +37,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(config.MODEL_NAMES), help="comma-separated model names")
-    parser.add_argument("--sizes", default="96,224", help="comma-separated image sizes (cpu profile 96, full 224)")
+    parser.add_argument("--sizes", default=common.PROFILE_SIZES, help=common.PROFILE_SIZES_HELP)
     parser.add_argument("--batch-size", type=common.positive_int, default=32)
     parser.add_argument("--steps", type=common.positive_int, default=None,
                         help="timed steps per feed (default: 8 up to 128 px, else 4; rounded up to a multiple of "
