@@ -26,6 +26,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="subject: leakage-safe subject-level split (default); shipped: the data set's own split")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     parser.add_argument("--epochs", type=int, default=None, help="override the profile's epoch budget")
+    parser.add_argument("--weights", choices=("imagenet", "none"), default=None,
+                        help="transfer models: imagenet (default; Keras' cache or a download, random with a warning "
+                             "when unavailable) or none (random weights)")
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow op determinism: identical reruns, somewhat slower")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
@@ -48,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
-                  "EPOCHS": arguments.epochs, "DETERMINISTIC": arguments.deterministic}
+                  "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic}
     try:
-        config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs, None,
-                             arguments.deterministic)
+        config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
+                             arguments.weights, arguments.deterministic)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 1.2rem 1.6rem 4rem; }
 h1 { font-size: 1.6rem; margin: 0.4rem 0; } h2 { border-bottom: 2px solid #d5dae3; padding-bottom: 0.2rem;
      margin-top: 2.4rem; } h3 { margin-bottom: 0.3rem; }
 section { background: #fff; border-radius: 6px; padding: 0.4rem 1.2rem 1.2rem; margin-top: 1.2rem;
-          box-shadow: 0 1px 2px rgba(0,0,0,0.08); }
+          box-shadow: 0 1px 2px rgba(0,0,0,0.08); overflow-x: auto; }
 .banner { padding: 0.9rem 1.2rem; border-radius: 6px; margin: 0.8rem 0; font-weight: 600; }
 .synthetic { background: #fff1c2; border: 2px solid #c98a00; font-size: 1.1rem; }
 .clinical { background: #fde2e2; border: 2px solid #b42318; }
@@ -47,6 +47,7 @@ section { background: #fff; border-radius: 6px; padding: 0.4rem 1.2rem 1.2rem; m
 .warning { background: #fff7e0; border-left: 4px solid #c98a00; padding: 0.4rem 0.8rem; }
 .muted { color: #667085; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.86rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #d5dae3; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
 thead th { background: #eef1f6; }
 table.kv > tbody > tr > th { background: #f3f5f9; white-space: nowrap; }
@@ -121,7 +122,9 @@ def _frame_html(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
     table = frame.head(max_rows).to_html(index=False, escape=True, border=0, na_rep="—", classes="data",
                                          float_format=lambda number: f"{number:.4g}")
     hidden = len(frame) - max_rows
-    return table + (f'<p class="muted">{hidden} more rows not shown.</p>' if hidden > 0 else "")
+    # Wide tables scroll inside their own box instead of widening the page.
+    return f'<div class="scroll">{table}</div>' + (
+        f'<p class="muted">{hidden} more rows not shown.</p>' if hidden > 0 else "")
 
 
 def _json_list_html(items: list, depth: int) -> str:

@@ -67,6 +67,20 @@ def test_freezing_counts_match_the_recipe_on_random_backbones(built):
         models.freeze_layers(built["resnet50"][0].get_layer("resnet50"), 999)
 
 
+def test_random_backbones_start_every_residual_branch_at_zero(built):
+    for name, branches in (("resnet50", 16), ("resnet50_attention", 16), ("efficientnetb0", 9)):
+        model, info = built[name]
+        backbone = model.get_layer(info["backbone"])
+        norms = models.residual_batch_norms(backbone)
+        # One zeroed branch per residual addition, never a BN whose output has no identity path beside it.
+        assert info["zero_initialised_residual_bn"] == len(norms) == branches
+        assert len(norms) == sum(isinstance(layer, keras.layers.Add) for layer in backbone.layers)
+        assert all(not np.any(layer.gamma.numpy()) for layer in norms)
+        assert all(np.all(layer.gamma.numpy() == 1) for layer in backbone.layers
+                   if isinstance(layer, keras.layers.BatchNormalization) and layer not in norms)
+    assert built["baseline_cnn"][1].get("zero_initialised_residual_bn") is None
+
+
 def test_unavailable_imagenet_weights_fall_back_to_random_with_all_layers_trainable(monkeypatch):
     from keras.src.utils import file_utils
 

@@ -108,3 +108,11 @@ def test_run_all_rejects_unknown_profile():
 def test_run_all_rejects_a_missing_data_folder(tmp_path, capsys):
     assert run_all.main(["--profile", "smoke", "--data", str(tmp_path / "absent")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_run_all_checks_epochs_and_weights_before_any_notebook_runs(capsys):
+    assert run_all.main(["--profile", "smoke", "--epochs", "0"]) == 2
+    assert "EPOCHS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_all.parse_arguments(["--weights", "resnet.h5"])
+    assert run_all.parse_arguments(["--weights", "none"]).weights == "none"
