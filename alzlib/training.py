@@ -32,8 +32,8 @@ CPU_STEPS_PER_EXECUTION = 4
 BATCH_NORM_IMAGES = 128
 BATCH_NORM_BATCH = 64  # larger batches than training's: fewer forward calls (16 s per epoch for ResNet50 at 256/16)
 BATCH_NORM_RULE = ("re-estimated after every epoch, before validation, as the mean of per-batch statistics over "
-                   "up to {images} un-augmented training images (batches of {batch}) with dropout off (PreciseBN as in pycls/detectron2, "
-                   "on inference-time inputs); frozen layers keep theirs")
+                   "up to {images} un-augmented training images (batches of {batch}) with dropout off (PreciseBN as "
+                   "in pycls/detectron2, on inference-time inputs); frozen layers keep theirs")
 BASELINE_RECIPE = {
     "optimizer": {"name": "Adam", "learning_rate": 1e-4},
     "loss": {"name": "sparse_categorical_crossentropy", "label_smoothing": 0.0, "labels": "integer"},
@@ -387,7 +387,7 @@ def _datasets(spec: dict, train: tuple, val: tuple, num_classes: int, batch_size
     return train_dataset, val_dataset, norm_dataset
 
 
-def _callbacks(recipe: dict, paths: dict, datasets: tuple, val_labels, records: list, best: dict,
+def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset, records: list, best: dict,
                resuming: bool) -> list:
     """Return the callbacks in the order they must run at each epoch's end (scores first, then what reads them)."""
     import keras
@@ -396,7 +396,6 @@ def _callbacks(recipe: dict, paths: dict, datasets: tuple, val_labels, records: 
     # ReduceLROnPlateau reads val_loss at the epoch's end, so it must follow the validation scores; the
     # warm-up/cosine scheduler acts at the epoch's start and can go first.
     plateau = recipe["learning_rate_schedule"]["name"] == "ReduceLROnPlateau"
-    val_dataset, norm_dataset = datasets
     return [
         *([] if plateau else [schedule]),
         batch_norm_callback(norm_dataset),
@@ -450,10 +449,10 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
         model, info = models.build_model(name, len(class_names), settings.profile.image_size,
                                          settings.weights or "imagenet")
         compile_model(model, recipe)
-    train_dataset, val_dataset, norm_dataset = _datasets(spec, (train_images, train_labels), (val_images, val_labels),
-                                           len(class_names), recipe["global_batch_size"], settings.seed,
-                                           class_weights, recipe["loss"]["labels"] == "one-hot")
-    callbacks = [*_callbacks(recipe, paths, (val_dataset, norm_dataset), val_labels, records, best, resuming),
+    train_dataset, val_dataset, norm_dataset = _datasets(
+        spec, (train_images, train_labels), (val_images, val_labels), len(class_names), recipe["global_batch_size"],
+        settings.seed, class_weights, recipe["loss"]["labels"] == "one-hot")
+    callbacks = [*_callbacks(recipe, paths, val_dataset, val_labels, norm_dataset, records, best, resuming),
                  *extra_callbacks]
     started = time.perf_counter()
     model.fit(train_dataset, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
