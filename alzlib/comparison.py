@@ -16,7 +16,7 @@ import pandas as pd
 
 from alzlib import config
 from alzlib.evaluation import INTERVAL_METRICS, mcnemar_test, summary_rows
-from alzlib.io import atomic_path, read_json, read_parquet, save_figure, write_json
+from alzlib.storage import atomic_path, read_json, read_parquet, save_figure, write_json
 
 LATENCY_REPEATS = 30
 WARMUP_CALLS = 3

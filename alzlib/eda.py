@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alzlib import config, io
+from alzlib import config, storage
 
 MANIFEST_COLUMNS = ("path", "label", "subject_id", "split", "width", "height", "mode", "format")
 # Skull-stripped slices have a background of 0-5 grey levels (JPEG noise); above 10 a pixel counts as brain.
@@ -599,14 +599,14 @@ def shortcut_warning_markdown(audit: dict) -> str:
 
 def _write_table(table: pd.DataFrame, path: Path, index: bool = False) -> Path:
     """Write a CSV table atomically; return the path."""
-    with io.atomic_path(path) as temporary:
+    with storage.atomic_path(path) as temporary:
         table.to_csv(temporary, index=index)
     return path
 
 
 def _save(figure: Figure, path: Path) -> Path:
     """Save a figure as PNG and release its memory."""
-    io.save_figure(figure, path)
+    storage.save_figure(figure, path)
     figure.clear()
     return path
 
@@ -630,17 +630,17 @@ def run_eda(manifest: pd.DataFrame, report: dict, out_dir: str | os.PathLike, da
         _save(slices_per_subject_figure(subjects, data_label, classes), out_dir / "slices_per_subject.png"),
         _write_table(image_properties(manifest), out_dir / "image_properties.csv"),
         _write_table(intensity_by_class(statistics), out_dir / "intensity_by_class.csv"),
-        io.write_parquet(out_dir / "image_statistics.parquet", statistics.drop(columns="histogram")),
+        storage.write_parquet(out_dir / "image_statistics.parquet", statistics.drop(columns="histogram")),
         _save(intensity_histogram_figure(statistics, data_label, classes), out_dir / "intensity_histograms.png"),
         _save(sample_grid_figure(manifest, data_label, seed), out_dir / "sample_grid.png"),
         _write_table(duplicates_summary(report), out_dir / "duplicates.csv"),
     ]
     audit_input = sample.join(statistics[[*STATISTIC_COLUMNS, "error"]])
     audit = {"data_label": data_label, **shortcut_audit(audit_input, seed, permutations)}
-    written.append(io.write_json(out_dir / "shortcut_audit.json", audit))
+    written.append(storage.write_json(out_dir / "shortcut_audit.json", audit))
     summary = _summary(manifest, subjects, statistics, report, audit, data_label, seed)
     summary["files"] = sorted(path.name for path in [*written, out_dir / "summary.json"])
-    io.write_json(out_dir / "summary.json", summary)
+    storage.write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from alzlib import config
-from alzlib.io import atomic_path, read_json, save_figure, write_json, write_parquet
+from alzlib.storage import atomic_path, read_json, save_figure, write_json, write_parquet
 
 CONFIDENCE = 0.95
 ECE_BINS = 15

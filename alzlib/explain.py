@@ -15,7 +15,7 @@ import pandas as pd
 
 from alzlib import config
 from alzlib.evaluation import prepare_for_model, strict_json
-from alzlib.io import atomic_path, read_json, save_figure, write_json
+from alzlib.storage import atomic_path, read_json, save_figure, write_json
 
 # Bit flags of the synthetic cohort's masks (docs/architecture.md).
 MASK_COMPONENTS = {"ventricles": 1, "cortex": 2, "medial_temporal": 4}

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alzlib import io
+from alzlib import storage
 
 MANIFEST_COLUMNS = ("path", "label", "subject_id", "split")
 PIXEL_SIZE = 64
@@ -249,7 +249,7 @@ def _trained_model_extractor(path: Path) -> tuple[object, dict, dict]:
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path} does not exist: a trained model's recipe record (written beside "
                                 f"{path.name} by training) is needed to know its preprocessing.")
-    spec = io.read_json(record_path).get("preprocessing")
+    spec = storage.read_json(record_path).get("preprocessing")
     if not isinstance(spec, dict):
         raise ValueError(f"{record_path} has no 'preprocessing' spec: expected a recipe record written by training.")
     model = keras.saving.load_model(path, compile=False)
@@ -507,14 +507,14 @@ def run_features(manifest: pd.DataFrame, out_dir: str | os.PathLike, data_label:
         maps = feature_maps(scores, sample, name, seed)
         frames.append(maps)
         statistics[name] = neighbour_statistics(scores, sample["subject_id"], sample["label"])
-        written.append(io.save_figure(feature_map_figure(maps, title, data_label, seed), out_dir / f"map_{name}.png"))
-    written.append(io.write_parquet(out_dir / "embeddings.parquet", pd.concat(frames, ignore_index=True)))
+        written.append(storage.save_figure(feature_map_figure(maps, title, data_label, seed), out_dir / f"map_{name}.png"))
+    written.append(storage.write_parquet(out_dir / "embeddings.parquet", pd.concat(frames, ignore_index=True)))
     table = pd.DataFrame([{"features": name, **values} for name, values in statistics.items()])
-    with io.atomic_path(out_dir / "neighbour_statistics.csv") as temporary:
+    with storage.atomic_path(out_dir / "neighbour_statistics.csv") as temporary:
         table.to_csv(temporary, index=False)
     record = _record(sample, manifest, data_label, seed, max_points, spaces, source, statistics)
     record["files"] = sorted([path.name for path in written] + ["neighbour_statistics.csv", "summary.json"])
-    io.write_json(out_dir / "summary.json", record)
+    storage.write_json(out_dir / "summary.json", record)
     return record
 
 

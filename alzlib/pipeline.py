@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from alzlib import config
-from alzlib.io import read_json, read_parquet
+from alzlib.storage import read_json, read_parquet
 
 SYNTHETIC_LABEL = "synthetic cohort"
 
@@ -48,7 +48,7 @@ def split_frame(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
 
 def trained_models(settings: config.Settings, names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """Return the recipe records of the trained models among `names` and a skip entry for each missing one."""
-    from alzlib.io import read_json
+    from alzlib.storage import read_json
 
     found, missing = [], []
     for name in names or list(config.MODEL_NAMES):

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from alzlib import config, environment, preprocessing
-from alzlib.io import save_figure
+from alzlib.storage import save_figure
 
 NOTE = "research use only, not for clinical use"
 RECORD_KEYS = ("preprocessing", "class_names", "synthetic")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from alzlib import config
-from alzlib.io import atomic_path
+from alzlib.storage import atomic_path
 
 # Bump when the cached pixels would change (letterbox geometry, interpolation): old caches are then ignored.
 CACHE_VERSION = 1

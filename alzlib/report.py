@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from alzlib import config, io
+from alzlib import config, storage
 
 IMAGE_TYPES = {".png": (b"\x89PNG\r\n\x1a\n", "image/png"), ".jpg": (b"\xff\xd8\xff", "image/jpeg"),
                ".jpeg": (b"\xff\xd8\xff", "image/jpeg")}
@@ -557,7 +557,7 @@ def build_report(paths: config.OutputPaths) -> Path:
     if not Path(paths.root).is_dir():
         raise FileNotFoundError(f"{paths.root} does not exist: run the pipeline notebooks for this profile first.")
     document = render_report_html(paths)
-    with io.atomic_path(paths.report) as temporary:
+    with storage.atomic_path(paths.report) as temporary:
         temporary.write_text(document, encoding="utf-8")
     return Path(paths.report)
 
@@ -579,7 +579,7 @@ def render_notebooks_html(notebook_dir: str | os.PathLike) -> list[Path]:
             raise ValueError(f"{notebook_path} is not a readable notebook: {error}") from error
         body, _ = exporter.from_notebook_node(notebook)
         page = notebook_path.with_suffix(".html")
-        with io.atomic_path(page) as temporary:
+        with storage.atomic_path(page) as temporary:
             temporary.write_text(body, encoding="utf-8")
         pages.append(page)
     return pages

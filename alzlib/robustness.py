@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import io
+from alzlib import storage
 
 SEVERITIES = (1, 2, 3, 4, 5)
 CLEAN = "clean"
@@ -374,7 +374,7 @@ def sample_test_rows(manifest: pd.DataFrame, count: int, seed: int = 0) -> pd.Da
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Write a DataFrame as CSV atomically."""
-    with io.atomic_path(path) as temporary:
+    with storage.atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
     return path
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alzlib import config
-from alzlib.io import read_json, write_json
+from alzlib.storage import read_json, write_json
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
 

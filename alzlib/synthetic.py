@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from alzlib import config
-from alzlib.io import read_json, write_json
+from alzlib.storage import read_json, write_json
 
 GENERATOR_VERSION = "1.0"
 IMAGE_WIDTH, IMAGE_HEIGHT = 176, 208  # the Kaggle set's size (width x height)

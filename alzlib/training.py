@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from alzlib import config, environment, preprocessing
-from alzlib.io import atomic_path, read_json, save_figure, write_json
+from alzlib.storage import atomic_path, read_json, save_figure, write_json
 
 CHECKPOINT_MONITOR = "val_balanced_accuracy"
 CHECKPOINT_RULE = ("highest validation balanced accuracy (mean per-class recall on the val split, computed in a "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from alzlib import config, environment
-from alzlib.io import write_json
+from alzlib.storage import write_json
 
 # The image sizes of the cpu and full profiles, the defaults of every --sizes option.
 PROFILE_SIZES = f"{config.PROFILES['cpu'].image_size},{config.PROFILES['full'].image_size}"

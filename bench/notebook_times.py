@@ -16,7 +16,7 @@ import argparse
 import common
 
 from alzlib import config
-from alzlib.io import read_json
+from alzlib.storage import read_json
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

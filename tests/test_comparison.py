@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from alzlib import comparison, config, evaluation
-from alzlib.io import write_json, write_parquet
+from alzlib.storage import write_json, write_parquet
 
 CLASSES = ["NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented"]
 

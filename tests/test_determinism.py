@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from alzlib import config, environment, models, predict, training
-from alzlib.io import read_json
+from alzlib.storage import read_json
 from fixtures import save_image, simple_image
 
 IMAGE_SIZE = 32

@@ -145,11 +145,11 @@ def test_missing_or_foreign_weights_files_are_refused(tmp_path):
 
 
 def test_a_trained_model_file_gives_its_pooled_embedding(manifest, tmp_path):
-    from alzlib import io, models, preprocessing
+    from alzlib import models, preprocessing, storage
 
     model, _ = models.build_model("baseline_cnn", 3, 32)
     model.save(tmp_path / "baseline_cnn.keras")
-    io.write_json(tmp_path / "baseline_cnn.json",
+    storage.write_json(tmp_path / "baseline_cnn.json",
                   {"name": "baseline_cnn", "preprocessing": preprocessing.preprocessing_spec("baseline_cnn", 32)})
     extractor, spec, source = features.load_embedding_model(tmp_path / "baseline_cnn.keras", 96)
     assert source["kind"] == "trained_model" and "global_pool" in source["model"] and spec["image_size"] == 32

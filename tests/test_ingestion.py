@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from alzlib import config, ingestion
+from alzlib import config, grouping, ingestion
 from alzlib.ingestion import IngestionError
 
 KAGGLE_SCANS = {"NonDemented": 3, "VeryMildDemented": 3, "MildDemented": 3, "ModerateDemented": 3}
@@ -317,7 +317,7 @@ def test_similarity_grouping_keeps_every_fixture_scan_whole():
     images = [np.asarray(Image.open(io.BytesIO(fixtures.encode_image(slice_)))) for scan in scans for slice_ in scan]
     truth = np.repeat(np.arange(8), 10)
     thumbnails = np.stack([ingestion.thumbnail(image).ravel() for image in images])
-    groups, details = ingestion.similarity_groups(thumbnails, truth // 4)
+    groups, details = grouping.similarity_groups(thumbnails, truth // 4)
     assert adjusted_rand_score(truth, groups) >= 0.9
     assert all(len(set(groups[truth == scan])) == 1 for scan in range(8))
     assert details["group_size_max"] == 10 and details["groups"] == 8
@@ -328,7 +328,7 @@ def test_coarse_to_fine_near_duplicate_search_finds_exactly_the_brute_force_pair
     images = [slice_ for scan in scans for slice_ in scan]
     copies = [fixtures.encode_image(images[index]) for index in (0, 7, 13)]
     images += [ingestion.decode(content)[0] for content in copies]  # JPEG re-encoded copies
-    features = ingestion.unit_rows(np.stack([ingestion.thumbnail(image).ravel() for image in images]))
+    features = grouping.unit_rows(np.stack([ingestion.thumbnail(image).ravel() for image in images]))
     firsts, seconds = ingestion.near_duplicate_pairs(features, block=5)
     similarity = features @ features.T
     expected = {(i, j) for i, j in zip(*np.nonzero(similarity >= ingestion.NEAR_DUPLICATE_CORRELATION)) if i < j}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from alzlib import config, models, predict, preprocessing
 from alzlib.__main__ import main
-from alzlib.io import write_json
+from alzlib.storage import write_json
 from fixtures import save_image, simple_image, write_accepted_variants, write_bad_files
 
 IMAGE_SIZE = 32

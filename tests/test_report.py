@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from alzlib import config, io, report, robustness
+from alzlib import config, report, robustness, storage
 
 HOSTILE_TEXT = "<script>alert('x')</script>"
 
@@ -22,7 +22,7 @@ def save_small_figure(path: Path, title: str) -> Path:
     axis = figure.subplots()
     axis.plot([0, 1, 2], [0.2, 0.6, 0.4])
     axis.set_title(title, fontsize=8)
-    return io.save_figure(figure, path, dpi=60)
+    return storage.save_figure(figure, path, dpi=60)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -38,45 +38,45 @@ def write_inputs_metadata(root: Path, synthetic: bool) -> None:
                              "label": ["NonDemented", "MildDemented"] * 6,
                              "subject_id": [f"SYN{index // 2:04d}" for index in range(12)],
                              "split": ["train"] * 6 + ["val"] * 2 + ["test"] * 4})
-    io.write_parquet(root / "manifest.parquet", manifest)
-    io.write_json(root / "ingestion_report.json", {
+    storage.write_parquet(root / "manifest.parquet", manifest)
+    storage.write_json(root / "ingestion_report.json", {
         "data_dir": f"/data/synthetic/{HOSTILE_TEXT}", "classes": ["NonDemented", "MildDemented"], "task": "2-class",
         "data_source": {"kind": "synthetic" if synthetic else "class_folders", "layout": "class_folders",
                         "synthetic": synthetic},
         "counts": {"images": 12, "subjects": 6}, "skipped": [{"path": "/data/broken.jpg", "reason": "truncated JPEG"}],
         "split_policy": "subject", "split_warnings": [f"only 2 subjects of MildDemented {HOSTILE_TEXT}"],
         "leakage_audit": {"subject": {"overlapping_subjects": 0}, "shipped": None}, "extra_key_from_the_future": 1})
-    io.write_json(root / "run_metadata.json", {
+    storage.write_json(root / "run_metadata.json", {
         "settings": {"profile": "smoke", "seed": 42, "data_dir": "/data", "split": "subject", "epochs": 1,
                      "weights": "none", "deterministic": True, "synthetic": synthetic},
         "profile": {"name": "smoke", "image_size": 64}, "git_commit": "0123abc-dirty",
         "libraries": {"python": "3.11.7", "numpy": "2.4.0"}, "hardware": {"cpu_cores": 2, "gpus": []}})
-    io.write_json(root / "run_summary.json", {"profile": "smoke",
+    storage.write_json(root / "run_summary.json", {"profile": "smoke",
                                               "notebooks": [{"name": "01_dataset_ingestion", "seconds": 3.2}]})
 
 
 def write_stage_outputs(root: Path) -> None:
     """Write EDA, features, two trained models, evaluation and Grad-CAM files."""
     save_small_figure(root / "eda" / "class_balance.png", "class balance")
-    io.write_json(root / "eda" / "shortcut_audit.json", {"score": 0.71, "chance": 0.5, "properties": ["mean", "size"],
+    storage.write_json(root / "eda" / "shortcut_audit.json", {"score": 0.71, "chance": 0.5, "properties": ["mean", "size"],
                                                          "warning": "image size alone predicts the class"})
     write_text(root / "eda" / "image_sizes.csv", f"width,height,note\n176,208,{HOSTILE_TEXT}\n")
     save_small_figure(root / "features" / "umap.png", "umap")
     for name, seconds in (("baseline_cnn", 12.5), ("resnet50", 40.0)):
-        io.write_json(root / "models" / f"{name}.json", {"weights": "none", "training_time_seconds": seconds,
+        storage.write_json(root / "models" / f"{name}.json", {"weights": "none", "training_time_seconds": seconds,
                                                         "best_epoch": 1, "best_val_score": 0.5, "parameters": 1000})
     save_small_figure(root / "training" / "baseline_cnn" / "curves.png", "curves")
     write_text(root / "evaluation" / "summary.csv",
                "model,balanced_accuracy,ci_low,ci_high\nbaseline_cnn,0.61,0.5,0.72\nresnet50,0.55,0.44,0.66\n")
     for name in ("baseline_cnn", "resnet50"):
-        io.write_json(root / "evaluation" / name / "metrics.json",
+        storage.write_json(root / "evaluation" / name / "metrics.json",
                       {"splits": {"test": {"slice": {"intervals": {"balanced_accuracy": [0.5, 0.7]},
                                                      "calibration": {"ece": 0.08, "bins": [{"count": 3}]}}}}})
-    io.write_json(root / "evaluation" / "summary.json", {"control_check": {"passed": True}})
+    storage.write_json(root / "evaluation" / "summary.json", {"control_check": {"passed": True}})
     for figure_name in ("confusion_test_slice", "roc_test", "reliability_test"):
         save_small_figure(root / "evaluation" / "baseline_cnn" / f"{figure_name}.png", figure_name)
     save_small_figure(root / "gradcam" / "gradcam_panel.png", "grad-cam")
-    io.write_json(root / "gradcam" / "randomisation_check.json", {"baseline_cnn": {"spearman": 0.12}})
+    storage.write_json(root / "gradcam" / "randomisation_check.json", {"baseline_cnn": {"spearman": 0.12}})
     write_text(root / "gradcam" / "localisation_scores.csv", "model,pointing_game\nbaseline_cnn,0.4\n")
     save_small_figure(root / "comparison" / "model_comparison.png", "comparison")
     write_text(root / "comparison" / "mcnemar.csv", "model_a,model_b,p_value\nbaseline_cnn,resnet50,0.3\n")
@@ -93,7 +93,7 @@ def write_robustness_outputs(root: Path) -> None:
 
     table = robustness.evaluate_robustness({"baseline_cnn": predict}, images, labels, corruptions=["brightness"])
     robustness.write_robustness_tables(table, robustness.corruption_errors(table), root / "robustness")
-    io.save_figure(robustness.plot_robustness_curves(table), root / "robustness" / "curves.png", dpi=50)
+    storage.save_figure(robustness.plot_robustness_curves(table), root / "robustness" / "curves.png", dpi=50)
 
 
 def make_outputs_tree(root: Path, synthetic: bool = True) -> config.OutputPaths:
@@ -186,7 +186,7 @@ def test_missing_or_unreadable_stages_say_so(tmp_path):
 def test_run_metadata_falls_back_to_a_recipe_record(tmp_path):
     paths = config.OutputPaths(tmp_path / "cpu")
     run = {"settings": {"profile": "cpu", "seed": 7, "deterministic": False, "synthetic": True}, "git_commit": "feed42"}
-    io.write_json(paths.models / "resnet50.json", {"weights": "imagenet", "run": run})
+    storage.write_json(paths.models / "resnet50.json", {"weights": "imagenet", "run": run})
     document = report.build_report(paths).read_text()
     assert "not run: run_metadata.json missing" in document
     assert "Run metadata below is taken from models/resnet50.json" in document

@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from alzlib import config, io, runner
+from alzlib import config, runner, storage
 
 sys.path.insert(0, str(config.PROJECT_ROOT))
 import run_all  # noqa: E402  (the script lives at the project root)
@@ -57,7 +57,7 @@ def test_runs_in_order_and_records_timings(notebook_dir, tmp_path):
     paths = config.OutputPaths(tmp_path / "out")
     summary = runner.run_pipeline(runner.discover_notebooks(notebook_dir), paths, parameters(), echo=lambda _: None)
     assert (tmp_path / "log.txt").read_text().split("\n")[:3] == ["01 smoke", "02 smoke", "03 smoke"]
-    recorded = io.read_json(paths.run_summary)
+    recorded = storage.read_json(paths.run_summary)
     assert recorded["status"] == "ok"
     assert [entry["name"] for entry in recorded["notebooks"]] == ["01_first", "02_second", "03_third"]
     assert all(entry["seconds"] > 0 for entry in recorded["notebooks"])
@@ -70,7 +70,7 @@ def test_fails_fast_naming_the_executed_notebook(notebook_dir, tmp_path):
     paths = config.OutputPaths(tmp_path / "out")
     with pytest.raises(runner.NotebookFailed, match="02_second failed .*bad input in 02.*02_second.ipynb"):
         runner.run_pipeline(runner.discover_notebooks(notebook_dir), paths, parameters(), echo=lambda _: None)
-    recorded = io.read_json(paths.run_summary)
+    recorded = storage.read_json(paths.run_summary)
     assert recorded["status"] == "failed" and recorded["failed"] == "02_second"
     assert "03" not in (tmp_path / "log.txt").read_text()
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from alzlib import config, models, preprocessing, training
-from alzlib.io import write_json
+from alzlib.storage import write_json
 
 IMAGE_SIZE = 32
 # 24 train (12 / 8 / 4 per class), 6 val, 3 test images: imbalanced like the real data.
