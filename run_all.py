@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --data {arguments.data} is not a folder: expected the root of a data set (see README, "
               f"'Your own data').", file=sys.stderr)
         return 2
-    profile = config.get_profile(arguments.profile)
+    try:
+        profile = config.get_profile(arguments.profile)
+    except ValueError as error:
+        print(f"error: {'' if arguments.profile else 'ALZ_PROFILE: '}{error}", file=sys.stderr)
+        return 2
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
@@ -63,8 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Profile {profile.name} ({profile.description}); data: {data or 'synthetic cohort (made on first use)'}; "
-          f"split: {arguments.split}; outputs: {paths.root}", flush=True)
+    try:
+        with runner.lock_outputs(paths.root):  # one run per output folder; released on any exit
+            print(f"Profile {profile.name} ({profile.description}); data: "
+                  f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; outputs: {paths.root}",
+                  flush=True)
+            return run_and_report(steps, paths, parameters, arguments)
+    except runner.OutputsLocked as refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interruption:
+        where = f" during {interruption.name}" if isinstance(interruption, runner.NotebookInterrupted) else ""
+        print(f"interrupted{where}; rerun with --resume to skip the notebooks that finished", file=sys.stderr)
+        return 130
+
+
+def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, parameters: dict,
+                   arguments: argparse.Namespace) -> int:
+    """Run the notebooks, then rebuild the report if the run made one; return the exit code."""
     try:
         summary = runner.run_pipeline(steps, paths, parameters, kernel=arguments.kernel, resume=arguments.resume)
     except runner.NotebookFailed as failure:

@@ -1,19 +1,33 @@
-"""Run the pipeline notebooks in order with papermill: selection, resume, timing and fail-fast."""
+"""Run the pipeline notebooks in order with papermill: selection, resume, timing, fail-fast and one run per folder."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import re
+import signal
+import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from alzlib import config
 from alzlib.storage import read_json, write_json
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
+LOCK_NAME = ".run.lock"
+# absl's format (severity, date, time, thread, file:line]); before TensorFlow initialises absl, these lines
+# ignore TF_CPP_MIN_LOG_LEVEL (oneDNN's notice, twice per kernel), so the runner applies that level itself.
+ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] ")
+ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+ABSL_SEVERITIES = "IWEF"
 
 
 class NotebookFailed(RuntimeError):
@@ -24,6 +38,18 @@ class NotebookFailed(RuntimeError):
         summary = getattr(cause, "ename", type(cause).__name__)
         detail = getattr(cause, "evalue", str(cause))
         super().__init__(f"{name} failed ({summary}: {detail}). See the executed notebook: {executed_path}")
+
+
+class NotebookInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run while `name` was executing (recorded as interrupted in run_summary.json)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"interrupted during {name}")
+
+
+class OutputsLocked(RuntimeError):
+    """Another run holds the lock on an output folder."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +112,22 @@ def is_up_to_date(step: NotebookStep, paths: config.OutputPaths, summary: dict, 
     output = executed_path(step, paths)
     if not output.is_file():
         return False
-    finished = output.stat().st_mtime
-    return finished >= step.path.stat().st_mtime and finished >= newer_than
+    written = output.stat().st_mtime
+    return (_written_before_success(written, record) and written >= step.path.stat().st_mtime
+            and written >= newer_than)
+
+
+def _written_before_success(written: float, record: dict) -> bool:
+    """True when the executed copy predates the record's `finished` time (written only after success).
+
+    A later copy comes from a rerun that never recorded its end (killed, crashed); `finished` is kept to the
+    second, so the copy may be up to a second newer than it says.
+    """
+    try:
+        finished = datetime.fromisoformat(record["finished"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return False
+    return written < finished + 1.0
 
 
 def load_summary(paths: config.OutputPaths) -> dict:
@@ -99,72 +139,261 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _kernel_manager_class():
-    """Return a kernel manager that talks to the kernel over local IPC sockets on POSIX (TCP elsewhere).
+def _command_line() -> str:
+    return " ".join([Path(sys.executable).name, *sys.argv])
 
-    Over TCP, ipykernel warns on every start that traffic is unencrypted; IPC sockets are files readable only by
-    this user, so there is nothing to warn about and the run's output stays clean.
+
+def _describe_lock_holder(lock_path: Path) -> str:
+    """Return 'pid N, started T: command' from a lock file, or a placeholder while the holder is still writing it."""
+    try:
+        holder = json.loads(lock_path.read_text())
+        return f"pid {holder['pid']}, started {holder['started']}: {holder['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "details not written yet"
+
+
+@contextlib.contextmanager
+def lock_outputs(root: Path, command: str | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder `root` for one run; raise OutputsLocked if another run holds it.
+
+    flock is released by the operating system when the holder exits in any way (Ctrl-C, crash, kill -9), so a
+    stale lock file never blocks a later run. The file stays: deleting it would let two runs lock two files.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lock_path = root / LOCK_NAME
+    if os.name != "posix":  # no flock; Windows runs go unguarded
+        yield lock_path
+        return
+    import fcntl
+
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputsLocked(f"{root} is in use by another run ({_describe_lock_holder(lock_path)}); wait for "
+                                f"it to end, or point ALZ_OUTPUTS_DIR at another folder.") from None
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "started": _now(), "command": command or _command_line()}))
+        handle.flush()
+        try:
+            yield lock_path
+        finally:
+            handle.truncate(0)
+
+
+@contextlib.contextmanager
+def kernel_folder() -> Iterator[Path]:
+    """Yield a private temporary folder (mode 700) for kernel connection files and IPC sockets; remove it after."""
+    with tempfile.TemporaryDirectory(prefix="alz-kernels-", ignore_cleanup_errors=True) as folder:
+        yield Path(folder)
+
+
+def is_kernel_log_noise(line: str, min_log_level: int) -> bool:
+    """True for an absl-format line (or absl's pre-initialisation banner) below TF_CPP_MIN_LOG_LEVEL."""
+    if line.startswith(ABSL_BANNER):
+        return min_log_level > ABSL_SEVERITIES.index("W")
+    match = ABSL_LINE.match(line)
+    return bool(match) and ABSL_SEVERITIES.index(match.group(1)) < min_log_level
+
+
+def _tensorflow_log_level() -> int:
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    return int(level) if level.isdigit() else 0
+
+
+def _forward_kernel_stderr(read_end: int) -> threading.Thread:
+    """Copy a kernel's stderr to ours line by line, without the start-up lines TF_CPP_MIN_LOG_LEVEL hides."""
+    min_log_level = _tensorflow_log_level()
+
+    def forward() -> None:
+        with open(read_end, "rb") as stream:
+            for raw in stream:
+                line = raw.decode(errors="replace")
+                if not is_kernel_log_noise(line, min_log_level):
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+
+    thread = threading.Thread(target=forward, name="kernel-stderr", daemon=True)
+    thread.start()
+    return thread
+
+
+class StoppedByCtrlC(RuntimeError):
+    """Raised inside nbclient after Ctrl-C: an ordinary exception, so that nbclient shuts the kernel down cleanly."""
+
+
+@dataclass
+class KernelWatch:
+    """What execute_notebook keeps of its kernels: where their files go, their stderr forwarders, their process
+    groups (to pass Ctrl-C on) and whether Ctrl-C was pressed."""
+
+    folder: Path
+    forwarders: list[threading.Thread] = field(default_factory=list)
+    process_groups: list[int] = field(default_factory=list)
+    interrupted: bool = False
+
+    def interrupt(self) -> None:
+        """Interrupt the running cell (as Jupyter's stop button does) and stop the notebook before its next cell."""
+        self.interrupted = True
+        for group in self.process_groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGINT)
+
+    def stop_if_interrupted(self, **_) -> None:
+        """nbclient's on_cell_start hook: a Ctrl-C that fell between two cells stops the notebook here."""
+        if self.interrupted:
+            raise StoppedByCtrlC("stopped before the next cell")
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts_kernel(watch: KernelWatch) -> Iterator[None]:
+    """Within the block, the first Ctrl-C calls `watch.interrupt()`; a second one stops the runner at once.
+
+    A KeyboardInterrupt raised inside nbclient's event loop orphans its tasks: the kernel is shut down under a
+    waiting cell and asyncio prints half a page about a dead kernel. Interrupting the cell instead ends the
+    notebook through papermill's ordinary error path, executed copy written.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGINT, previous)
+        watch.interrupt()
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _kernel_manager_class(watch: KernelWatch):
+    """Return a kernel manager whose connection file and IPC sockets live in `watch.folder`, never in notebooks/.
+
+    IPC sockets (POSIX) rather than TCP: ipykernel warns on every start that TCP traffic is unencrypted, and
+    sockets in a private folder are reachable by this user only. jupyter_client names the sockets after the
+    connection file (`<file>-ipc-1..5`); by default both are relative names resolved in papermill's cwd (the
+    notebooks folder), where two runs from one checkout took each other's sockets ("Invalid Signature").
+    The kernel's stderr goes through `_forward_kernel_stderr`.
     """
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
-    if os.name != "posix":
-        return AsyncKernelManager
+    class PrivateKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc" if os.name == "posix" else "tcp",
+                                    config=True)
 
-    class IpcKernelManager(AsyncKernelManager):
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        @default("connection_file")
+        def _private_connection_file(self) -> str:
+            # Short name: a Unix socket path (folder + name + "-ipc-N") must stay under 108 bytes.
+            return str(Path(watch.folder) / f"kernel-{uuid.uuid4().hex[:8]}.json")
 
-    return IpcKernelManager
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+            read_end, write_end = os.pipe()
+            try:
+                await super()._async_launch_kernel(kernel_cmd, stderr=write_end, **kw)
+            except BaseException:
+                os.close(read_end)
+                raise
+            finally:
+                os.close(write_end)
+            watch.forwarders.append(_forward_kernel_stderr(read_end))
+            if getattr(self.provisioner, "pgid", None):
+                watch.process_groups.append(self.provisioner.pgid)
+
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client sends SIGINT before every shutdown; landing in ipykernel's message loop, it logged
+            # "KeyboardInterrupt caught in kernel" after 2 of 45 successful notebooks (0 of 30 without). The
+            # kernel is idle by then, and the shutdown request (then SIGTERM, SIGKILL) stops it anyway.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
+    return PrivateKernelManager
 
 
-def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: dict, kernel: str | None) -> float:
-    """Execute one notebook with papermill; return its wall time in seconds or raise NotebookFailed."""
+def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: dict, kernel: str | None,
+                     kernel_dir: Path | None = None) -> float:
+    """Execute one notebook with papermill; return its wall time in seconds.
+
+    Raises NotebookFailed, or NotebookInterrupted after Ctrl-C. Kernel files go to `kernel_dir` (default: a
+    temporary folder for this call); the kernel's cwd stays the notebook's folder.
+    """
     import papermill
 
     output = executed_path(step, paths)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(step.path), str(output), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(step.path.parent), progress_bar=False, log_output=False,
-                                   kernel_manager_class=_kernel_manager_class())
-    except Exception as error:  # papermill wraps cell errors; any failure stops the run here
-        raise NotebookFailed(step.name, output, error) from error
+    with contextlib.ExitStack() as stack:
+        watch = KernelWatch(kernel_dir or stack.enter_context(kernel_folder()))
+        try:
+            with _ctrl_c_interrupts_kernel(watch):
+                papermill.execute_notebook(str(step.path), str(output), parameters=parameters, kernel_name=kernel,
+                                           cwd=str(step.path.parent), progress_bar=False, log_output=False,
+                                           kernel_manager_class=_kernel_manager_class(watch),
+                                           on_cell_start=watch.stop_if_interrupted)
+        except Exception as error:  # papermill wraps cell errors; any failure stops the run here
+            if watch.interrupted:
+                raise NotebookInterrupted(step.name) from error
+            raise NotebookFailed(step.name, output, error) from error
+        finally:
+            for forwarder in watch.forwarders:  # the kernel's last stderr lines print before the runner's next
+                forwarder.join(timeout=2.0)
+    if watch.interrupted:  # pressed as the last cell ended: recorded as interrupted all the same
+        raise NotebookInterrupted(step.name)
     return time.perf_counter() - started
+
+
+def _write_summary(paths: config.OutputPaths, summary: dict, *entries: dict) -> None:
+    """Write `summary` with `entries` appended to its notebooks (the summary itself is left as it was)."""
+    write_json(paths.run_summary, {**summary, "notebooks": summary["notebooks"] + list(entries)})
 
 
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
                  resume: bool = False, echo=functools.partial(print, flush=True)) -> dict:
-    """Run `steps` in order, record each one's time in run_summary.json, stop at the first failure."""
+    """Run `steps` in order, record each one's time in run_summary.json, stop at the first failure or Ctrl-C.
+
+    Each notebook is recorded as running before it starts and as ok, with its `finished` time, only after it
+    succeeded, so `--resume` never takes an interrupted or killed notebook as done.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
     previous = load_summary(paths)
     summary = {"profile": parameters["PROFILE"], "parameters": parameters, "kernel": kernel or "notebook default",
                "started": _now(), "status": "running", "notebooks": [], "total_seconds": 0.0}
     newer_than = 0.0
-    for index, step in enumerate(steps, start=1):
-        label = f"[{index}/{len(steps)}] {step.name}"
-        if resume and is_up_to_date(step, paths, previous, parameters, newer_than):
-            echo(f"{label}: up to date, skipped (--resume)")
-            kept = next(entry for entry in previous["notebooks"] if entry["name"] == step.name)
-            summary["notebooks"].append({**kept, "skipped": True})
-            newer_than = max(newer_than, executed_path(step, paths).stat().st_mtime)
-            continue
-        echo(f"{label}: running ...")
-        record = {"name": step.name, "output": str(executed_path(step, paths)), "started": _now()}
-        try:
-            seconds = execute_notebook(step, paths, parameters, kernel)
-        except NotebookFailed:
-            summary["notebooks"].append({**record, "status": "failed"})
-            summary.update(status="failed", failed=step.name, finished=_now())
+    with kernel_folder() as kernels:
+        for index, step in enumerate(steps, start=1):
+            label = f"[{index}/{len(steps)}] {step.name}"
+            if resume and is_up_to_date(step, paths, previous, parameters, newer_than):
+                echo(f"{label}: up to date, skipped (--resume)")
+                kept = next(entry for entry in previous["notebooks"] if entry["name"] == step.name)
+                summary["notebooks"].append({**kept, "skipped": True})
+                newer_than = max(newer_than, executed_path(step, paths).stat().st_mtime)
+                continue
+            echo(f"{label}: running ...")
+            record = {"name": step.name, "output": str(executed_path(step, paths)), "started": _now()}
+            _write_summary(paths, summary, {**record, "status": "running"})
+            try:
+                seconds = execute_notebook(step, paths, parameters, kernel, kernels)
+            except NotebookFailed:
+                summary["notebooks"].append({**record, "status": "failed"})
+                summary.update(status="failed", failed=step.name, finished=_now())
+                write_json(paths.run_summary, summary)
+                raise
+            except KeyboardInterrupt as interruption:
+                summary["notebooks"].append({**record, "status": "interrupted"})
+                summary.update(status="interrupted", interrupted=step.name, finished=_now())
+                write_json(paths.run_summary, summary)
+                raise NotebookInterrupted(step.name) from interruption
+            summary["notebooks"].append({**record, "status": "ok", "seconds": round(seconds, 1), "finished": _now()})
+            summary["total_seconds"] = round(sum(entry.get("seconds", 0) for entry in summary["notebooks"]
+                                                 if not entry.get("skipped")), 1)
             write_json(paths.run_summary, summary)
-            raise
-        summary["notebooks"].append({**record, "status": "ok", "seconds": round(seconds, 1)})
-        summary["total_seconds"] = round(sum(entry.get("seconds", 0) for entry in summary["notebooks"]
-                                             if not entry.get("skipped")), 1)
-        write_json(paths.run_summary, summary)
-        newer_than = time.time()
-        echo(f"{label}: ok in {seconds:.1f} s")
+            newer_than = time.time()
+            echo(f"{label}: ok in {seconds:.1f} s")
     summary.update(status="ok", finished=_now())
     write_json(paths.run_summary, summary)
     return summary

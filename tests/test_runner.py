@@ -116,3 +116,201 @@ def test_run_all_checks_epochs_and_weights_before_any_notebook_runs(capsys):
     with pytest.raises(SystemExit):
         run_all.parse_arguments(["--weights", "resnet.h5"])
     assert run_all.parse_arguments(["--weights", "none"]).weights == "none"
+
+
+def test_run_all_names_a_bad_profile_from_the_environment_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("ALZ_PROFILE", "nonsense")
+    assert run_all.main([]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "ALZ_PROFILE" in error and "'nonsense'" in error and "smoke" in error
+
+
+def test_kernel_files_live_in_a_private_folder_removed_after_the_run(notebook_dir, tmp_path):
+    report = tmp_path / "connection.txt"
+    write_notebook(notebook_dir / "01_first.ipynb",
+                   "import json, os\nfrom ipykernel import get_connection_file\n"
+                   "connection = get_connection_file()\n"
+                   f"open({str(report)!r}, 'w').write(json.dumps([connection, json.load(open(connection))['ip'], "
+                   "os.getcwd()]))")
+    before = sorted(path.name for path in notebook_dir.iterdir())
+    step = runner.discover_notebooks(notebook_dir)[0]
+    runner.execute_notebook(step, config.OutputPaths(tmp_path / "out"), parameters(), kernel=None)
+    connection, ipc_base, cwd = storage.json.loads(report.read_text())
+    folder = runner.Path(connection).parent
+    assert folder.name.startswith("alz-kernels-") and runner.Path(ipc_base).parent == folder
+    assert not folder.exists(), "the private kernel folder is removed after the notebook"
+    assert cwd == str(notebook_dir), "the kernel still runs in the notebooks folder"
+    assert sorted(path.name for path in notebook_dir.iterdir()) == before, "no socket or connection file there"
+
+
+def test_kernel_stderr_keeps_errors_and_drops_tensorflow_start_up_lines(notebook_dir, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    write_notebook(notebook_dir / "01_first.ipynb", (
+        "import os\n"
+        f"os.write(2, {runner.ABSL_BANNER!r}.encode() + b'\\n')\n"
+        "os.write(2, b'I0000 00:00:1796574649.611335    4637 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'E0000 00:00:1796574649.611335    4637 cuda.cc:1] a real error\\n')\n"
+        "os.write(2, b'plain stderr from a library\\n')"))
+    step = runner.discover_notebooks(notebook_dir)[0]
+    runner.execute_notebook(step, config.OutputPaths(tmp_path / "out"), parameters(), kernel=None)
+    error = capfd.readouterr().err
+    assert "a real error" in error and "plain stderr from a library" in error
+    assert "oneDNN" not in error and "absl::InitializeLog" not in error
+
+
+def test_absl_lines_are_noise_only_below_the_tensorflow_log_level():
+    info = "I0000 00:00:1796574649.611335    4637 port.cc:153] oneDNN custom operations are on."
+    error = "E0000 00:00:1796574649.611335    4637 cuda.cc:1] failed call"
+    assert runner.is_kernel_log_noise(info, 2) and runner.is_kernel_log_noise(runner.ABSL_BANNER, 2)
+    assert not runner.is_kernel_log_noise(info, 0) and not runner.is_kernel_log_noise(runner.ABSL_BANNER, 1)
+    assert not runner.is_kernel_log_noise(error, 2)
+    assert not runner.is_kernel_log_noise("[IPKernelApp] ERROR | something broke", 3)
+
+
+def test_kernel_is_not_sent_sigint_when_shutting_down(tmp_path):
+    import asyncio
+
+    manager = runner._kernel_manager_class(runner.KernelWatch(tmp_path))()
+    with pytest.raises(RuntimeError, match="No kernel is running"):
+        asyncio.run(manager._async_interrupt_kernel())  # an interrupt otherwise goes through as usual
+    manager.shutting_down = True
+    asyncio.run(manager._async_interrupt_kernel())
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    with runner.lock_outputs(tmp_path / "smoke", command="python run_all.py --profile smoke"):
+        assert run_all.main(["--profile", "smoke", "--only", "01"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "in use by another run" in captured.err
+    assert f"pid {runner.os.getpid()}" in captured.err and "python run_all.py --profile smoke" in captured.err
+    assert "Profile" not in captured.out, "refused before anything runs"
+    with runner.lock_outputs(tmp_path / "smoke"):  # released when the holder's block ends
+        pass
+
+
+def test_runs_into_different_output_folders_both_proceed(tmp_path):
+    with runner.lock_outputs(tmp_path / "first"), runner.lock_outputs(tmp_path / "second"):
+        with pytest.raises(runner.OutputsLocked, match="first"):
+            with runner.lock_outputs(tmp_path / "first"):
+                pass
+
+
+def test_lock_is_released_when_its_holder_is_killed(tmp_path):
+    import subprocess
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from alzlib import runner\n"
+        f"with runner.lock_outputs(runner.Path({str(tmp_path)!r})): print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runner.OutputsLocked, match=f"pid {holder.pid}"):
+            with runner.lock_outputs(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with runner.lock_outputs(tmp_path):
+        pass
+
+
+def interrupt_at(name, monkeypatch):
+    """Make execute_notebook raise KeyboardInterrupt (Ctrl-C) when it reaches notebook `name`."""
+    execute = runner.execute_notebook
+
+    def execute_or_interrupt(step, *arguments):
+        if step.name == name:
+            raise KeyboardInterrupt
+        return execute(step, *arguments)
+
+    monkeypatch.setattr(runner, "execute_notebook", execute_or_interrupt)
+
+
+def test_ctrl_c_records_the_notebook_as_interrupted_and_resume_reruns_it(notebook_dir, tmp_path, monkeypatch):
+    paths = config.OutputPaths(tmp_path / "out")
+    steps = runner.discover_notebooks(notebook_dir)
+    runner.run_pipeline(steps, paths, parameters(), echo=lambda _: None)
+    interrupt_at("02_second", monkeypatch)
+    with pytest.raises(runner.NotebookInterrupted, match="02_second") as interruption:
+        runner.run_pipeline(steps, paths, parameters(), echo=lambda _: None)
+    assert isinstance(interruption.value, KeyboardInterrupt)
+    recorded = storage.read_json(paths.run_summary)
+    assert recorded["status"] == "interrupted" and recorded["interrupted"] == "02_second"
+    assert [entry["status"] for entry in recorded["notebooks"]] == ["ok", "interrupted"]
+    assert runner.is_up_to_date(steps[0], paths, recorded, parameters(), 0.0)
+    assert not runner.is_up_to_date(steps[1], paths, recorded, parameters(), 0.0)
+    monkeypatch.undo()
+    messages = []
+    runner.run_pipeline(steps, paths, parameters(), resume=True, echo=messages.append)
+    assert messages[0].endswith("up to date, skipped (--resume)") and "02_second: running" in messages[1]
+
+
+def test_an_executed_copy_newer_than_its_success_record_is_not_up_to_date(notebook_dir, tmp_path):
+    paths = config.OutputPaths(tmp_path / "out")
+    steps = runner.discover_notebooks(notebook_dir)
+    runner.run_pipeline(steps, paths, parameters(), echo=lambda _: None)
+    recorded = storage.read_json(paths.run_summary)
+    assert all(runner.is_up_to_date(step, paths, recorded, parameters(), 0.0) for step in steps)
+    # A rerun of 02 killed outright (no summary written) leaves a newer, half-executed copy behind.
+    rerun = runner.datetime.fromisoformat(recorded["notebooks"][1]["finished"]).timestamp() + 30
+    runner.os.utime(paths.notebooks / "02_second.ipynb", (rerun, rerun))
+    assert not runner.is_up_to_date(steps[1], paths, recorded, parameters(), 0.0)
+    without_marker = {**recorded, "notebooks": [{k: v for k, v in entry.items() if k != "finished"}
+                                                 for entry in recorded["notebooks"]]}
+    assert not runner.is_up_to_date(steps[0], paths, without_marker, parameters(), 0.0)
+
+
+def test_a_notebook_is_recorded_as_running_while_it_runs(notebook_dir, tmp_path, monkeypatch):
+    paths = config.OutputPaths(tmp_path / "out")
+    seen = []
+    monkeypatch.setattr(runner, "execute_notebook",
+                        lambda step, *_: seen.append(storage.read_json(paths.run_summary)["notebooks"][-1]) or 1.0)
+    runner.run_pipeline(runner.discover_notebooks(notebook_dir)[:1], paths, parameters(), echo=lambda _: None)
+    assert seen[0]["name"] == "01_first" and seen[0]["status"] == "running"
+
+
+def test_run_all_reports_ctrl_c_in_one_line_with_exit_code_130(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+
+    def interrupted(*_, **__):
+        raise runner.NotebookInterrupted("05_train_baseline_cnn")
+
+    monkeypatch.setattr(runner, "run_pipeline", interrupted)
+    assert run_all.main(["--profile", "smoke", "--only", "01"]) == 130
+    error = capsys.readouterr().err
+    assert error == "interrupted during 05_train_baseline_cnn; rerun with --resume to skip the notebooks that finished\n"
+    with runner.lock_outputs(tmp_path / "smoke"):  # the lock went with the interrupted run
+        pass
+
+
+def test_ctrl_c_interrupts_the_running_cell_and_stops_the_notebook(notebook_dir, tmp_path):
+    import signal
+    import threading
+    import time
+
+    started = tmp_path / "started"
+    write_notebook(notebook_dir / "01_first.ipynb", f"open({str(started)!r}, 'w').write('x')\nimport time\n"
+                                                    "time.sleep(120)")
+
+    def press_ctrl_c_once_the_cell_runs():
+        while not started.exists():
+            time.sleep(0.1)
+        runner.os.kill(runner.os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_once_the_cell_runs, daemon=True).start()
+    paths = config.OutputPaths(tmp_path / "out")
+    began = time.monotonic()
+    with pytest.raises(runner.NotebookInterrupted, match="01_first"):
+        runner.execute_notebook(runner.discover_notebooks(notebook_dir)[0], paths, parameters(), kernel=None)
+    assert time.monotonic() - began < 60, "the sleeping cell was interrupted, not waited for"
+    assert "KeyboardInterrupt" in (paths.notebooks / "01_first.ipynb").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C handling restored afterwards"
+
+
+def test_ctrl_c_between_cells_stops_before_the_next_one(tmp_path):
+    watch = runner.KernelWatch(tmp_path)
+    watch.stop_if_interrupted(cell=None, cell_index=0)
+    watch.interrupt()
+    with pytest.raises(runner.StoppedByCtrlC):
+        watch.stop_if_interrupted(cell=None, cell_index=1)
