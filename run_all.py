@@ -23,7 +23,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="data size, image size and epochs (default: ALZ_PROFILE, else full with a GPU, cpu without)")
     parser.add_argument("--data", type=Path, default=None, help="data set root (default: the synthetic cohort, made on first use)")
     parser.add_argument("--split", choices=config.SPLIT_POLICIES, default="subject",
-                        help="subject: leakage-safe subject-level split (default); shipped: the data set's own split")
+                        help="subject: leakage-safe subject-level split (default); shipped: the data set's own split; "
+                             "slice: a random slice-level split that leaks subjects (demonstration only)")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     parser.add_argument("--epochs", type=int, default=None, help="override the profile's epoch budget")
     parser.add_argument("--weights", choices=("imagenet", "none"), default=None,

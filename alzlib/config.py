@@ -13,9 +13,11 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 CLASS_NAMES = ("NonDemented", "VeryMildDemented", "MildDemented", "ModerateDemented")
 BINARY_CLASS_NAMES = ("NC", "AD")
 SPLITS = ("train", "val", "test")
-SPLIT_POLICIES = ("subject", "shipped")
+SPLIT_POLICIES = ("subject", "shipped", "slice")
+# Splits that put one subject's slices on both sides on purpose: offered to demonstrate leakage, never to report.
+LEAKY_SPLIT_POLICIES = ("slice",)
 MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0")
-CONTROL_MODEL_NAME = "baseline_cnn_permuted"
+CONTROL_MODEL_NAME = "baseline_cnn_random_labels"
 DEFAULT_SEED = 42
 
 
@@ -33,6 +35,8 @@ class Profile:
     max_feature_points: int = 2000
     robustness_images: int = 200
     gradcam_images: int = 8
+    control_epochs: int = 30
+    control_images: int = 1200
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -54,6 +58,8 @@ PROFILES = {
         max_feature_points=200,
         robustness_images=16,
         gradcam_images=2,
+        control_epochs=2,
+        control_images=76,
         description="tests and CI: tiny data, one epoch, seconds per notebook",
     ),
     "cpu": Profile(
@@ -67,6 +73,8 @@ PROFILES = {
         max_feature_points=1500,
         robustness_images=160,
         gradcam_images=6,
+        control_epochs=30,
+        control_images=1200,
         description="default without a GPU: a real but modest run, about 30 minutes on 2 cores",
     ),
     "full": Profile(
@@ -80,6 +88,8 @@ PROFILES = {
         max_feature_points=4000,
         robustness_images=600,
         gradcam_images=8,
+        control_epochs=40,
+        control_images=8000,
         description="the seed recipe: 224 px, batch 32, 50 epochs; default when a GPU is visible",
     ),
 }

@@ -503,9 +503,13 @@ def build_report(frame: pd.DataFrame, features: np.ndarray, scan: DatasetScan, e
                  settings: config.Settings) -> dict:
     """Assemble the ingestion report: source, classes, counts, skips, duplicates, split policy, leakage audit."""
     subject_frame = frame.assign(split=frame["subject_split"])
-    audit = {"subject": splits.leakage_audit(subject_frame, "split", features),
-             "shipped": (splits.leakage_audit(frame, "shipped_split", features)
+    # Pseudo-subjects from similarity grouping are uncertain where the grouping says so; ids from names are not.
+    confidence = (extras["grouping"].get("confidence") or {}).get("level")
+    audit = {"subject": splits.leakage_audit(subject_frame, "split", features, confidence),
+             "shipped": (splits.leakage_audit(frame, "shipped_split", features, confidence)
                          if frame["shipped_split"].notna().any() else None)}
+    if settings.split == "slice":
+        audit["slice"] = splits.leakage_audit(frame, "split", features, confidence)
     counts = {"files_seen": int(len(frame) + len(extras["skipped"])), "images": len(frame),
               "skipped": len(extras["skipped"]), "subjects": int(frame["subject_id"].nunique()),
               "per_class": _count(frame, "label"), "per_split": _count(frame, "split"),
@@ -531,7 +535,9 @@ def build_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
     frame, features, extras = _manifest_frame(scan)
     subject, shipped = choose_split(frame, settings.split, settings.seed)
     frame["subject_split"] = subject
-    frame["split"] = shipped if settings.split == "shipped" else subject
+    frame["split"] = {"subject": subject, "shipped": shipped,
+                      "slice": splits.slice_split(frame, settings.seed) if settings.split == "slice" else None
+                      }[settings.split]
     report = build_report(frame, features, scan, extras, settings)
     manifest = frame[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     manifest["slice_index"] = manifest["slice_index"].astype("Int64")

@@ -25,10 +25,12 @@ def is_synthetic(ingestion_report: dict) -> bool:
 
 def data_label(ingestion_report: dict) -> str:
     """Return the label every title and table of this run carries ('synthetic cohort' or the data set)."""
-    if is_synthetic(ingestion_report):
-        return SYNTHETIC_LABEL
+    policy = ingestion_report.get("split_policy", "subject")
     source = ingestion_report.get("data_source", {})
-    return f"{source.get('layout', 'data set')} ({ingestion_report.get('split_policy', 'subject')} split)"
+    label = SYNTHETIC_LABEL if is_synthetic(ingestion_report) else f"{source.get('layout', 'data set')} ({policy} split)"
+    if policy in config.LEAKY_SPLIT_POLICIES:
+        label += f"; {policy}-level split that LEAKS subjects across train/test (demonstration only)"
+    return label
 
 
 def class_names(ingestion_report: dict) -> list[str]:

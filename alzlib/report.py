@@ -492,7 +492,43 @@ def _limitations_section(context: _Context) -> str:
     return "<ul>" + "".join(f"<li>{_text(item)}</li>" for item in items) + "</ul>"
 
 
+def _leakage_section(context: _Context) -> str:
+    """The random-label control's verdict, the leakage demonstration table and the run split's audit verdict."""
+    parts = []
+    summary = context.json(context.root / "evaluation" / "summary.json")
+    control = summary.get("random_label_control") if isinstance(summary, dict) else None
+    if isinstance(control, dict) and "verdict" in control:
+        parts.append(f"<p><strong>Random-label control</strong> (one random label per subject, scored on those "
+                     f"labels; Yagis et al. 2021): test balanced accuracy {control['estimate']:.3f} "
+                     f"[{control['low']:.3f}, {control['high']:.3f}] against chance {control['chance']:.3f}: "
+                     f"{_text(control['verdict'])}. {_text(control.get('power_note', ''))}.</p>")
+    elif isinstance(control, dict):
+        parts.append(f"<p>Random-label control not checked: {_text(control.get('skipped', ''))}</p>")
+    demonstration = context.json(context.root / "evaluation" / "leakage_demonstration.json")
+    if isinstance(demonstration, dict):
+        from alzlib import controls
+
+        inflation = demonstration.get("inflation") or {}
+        parts.append("<p><strong>Leakage demonstration</strong>: the baseline CNN under the control budget "
+                     f"({_text(demonstration['budget']['epochs'])} epochs, no augmentation, no dropout, constant "
+                     f"learning rate {demonstration['budget']['learning_rate']}), test balanced accuracy with 95% "
+                     "subject-bootstrap intervals. A slice split puts slices of one subject on both sides.</p>")
+        parts.append(_frame_html(controls.demonstration_table(demonstration)))
+        parts.append(f"<p>{_text(demonstration['verdict'])}"
+                     + (f" Accuracy a slice split adds with true labels: {inflation['slice_minus_subject']:+.3f}."
+                        if inflation else "") + "</p>")
+    audit = ((_ingestion(context) or {}).get("leakage_audit") or {})
+    policy = (_ingestion(context) or {}).get("split_policy")
+    in_use = audit.get(policy) if isinstance(audit, dict) else None
+    if isinstance(in_use, dict):
+        tripped = ", ".join(in_use.get("tripped_by") or []) or "nothing"
+        parts.append(f"<p><strong>Leakage audit of this run's {_text(policy)} split</strong>: "
+                     f"{'LEAKS' if in_use.get('leaks') else 'no leak found'} (tripped by: {_text(tripped)}).</p>")
+    return "".join(parts) or context.note(context.root / "evaluation" / "leakage_demonstration.json")
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[_Context], str]], ...] = (
+    ("leakage", "Leakage controls: random-label control, demonstration and audit", _leakage_section),
     ("run", "Run metadata", _run_metadata_section),
     ("data", "Data summary and leakage audit", _data_section),
     ("eda", "Exploratory data analysis and shortcut audit", _eda_section),
@@ -522,6 +558,11 @@ def _banners(context: _Context) -> str:
     elif synthetic is None:
         banner = ('<div class="banner unknown">Data source unknown: ingestion_report.json and run_metadata.json do '
                   "not say whether the data are synthetic.</div>")
+    policy = (_ingestion(context) or {}).get("split_policy")
+    if policy in config.LEAKY_SPLIT_POLICIES:
+        banner += (f'<div class="banner unknown">LEAKY SPLIT: this run used a {_text(policy)}-level split that puts '
+                   "slices of one subject in both train and test, for demonstration only. Every number below is "
+                   "inflated by leakage.</div>")
     return banner + ('<div class="banner clinical">Research use only. Nothing in this report is for clinical use.'
                      "</div>")
 

@@ -76,6 +76,13 @@ def write_parquet(path: str | os.PathLike, frame) -> Path:
     return Path(path)
 
 
+def write_csv(path: str | os.PathLike, frame, index: bool = False) -> Path:
+    """Write a DataFrame as CSV atomically; return the path."""
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=index)
+    return Path(path)
+
+
 def read_parquet(path: str | os.PathLike):
     """Read a Parquet file, naming the file when it is missing."""
     import pandas as pd

@@ -287,10 +287,12 @@ def tensorboard_available() -> bool:
 
 
 def _schedule_callback(recipe: dict):
-    """Return the recipe's learning-rate callback: the warm-up/cosine scheduler or ReduceLROnPlateau."""
+    """Return the recipe's learning-rate callback (warm-up/cosine or ReduceLROnPlateau), or None for a constant rate."""
     import keras
 
     schedule = recipe["learning_rate_schedule"]
+    if schedule["name"] == "constant":
+        return None
     if schedule["name"] == "ReduceLROnPlateau":
         return keras.callbacks.ReduceLROnPlateau(monitor=schedule["monitor"], factor=schedule["factor"],
                                                  patience=schedule["patience"], min_lr=schedule["min_lr"])
@@ -330,9 +332,39 @@ def split_arrays(manifest: pd.DataFrame, images: np.ndarray, split: str) -> tupl
     return images[mask], manifest["label_index"].to_numpy(dtype=int)[mask]
 
 
-def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
-    """Return `labels` shuffled with `seed` (the label-permutation control: same counts, no relation to images)."""
-    return np.random.default_rng(seed).permutation(np.asarray(labels))
+def apply_budget(recipe: dict, spec: dict, budget: dict | None) -> tuple[dict, dict]:
+    """Return copies of `recipe` and `spec` changed by a control budget (epochs, learning rate, augmentation).
+
+    `budget` keys: epochs, learning_rate (constant: no schedule), augmentation (False: none), dropout (False: every
+    Dropout rate set to 0 after building). None leaves the recipe as it is.
+    """
+    if not budget:
+        return recipe, spec
+    unknown = set(budget) - {"epochs", "learning_rate", "augmentation", "dropout", "reason"}
+    if unknown:
+        raise ValueError(f"Unknown budget key(s) {sorted(unknown)}: expected epochs, learning_rate, augmentation, "
+                         f"dropout, reason.")
+    recipe = {key: (dict(value) if isinstance(value, dict) else value) for key, value in recipe.items()}
+    spec = dict(spec)
+    if "epochs" in budget:
+        recipe["epochs"] = int(budget["epochs"])
+    if "learning_rate" in budget:
+        recipe["optimizer"]["learning_rate"] = float(budget["learning_rate"])
+        recipe["learning_rate_schedule"] = {"name": "constant", "learning_rate": float(budget["learning_rate"])}
+    if budget.get("augmentation") is False:
+        spec["augmentation"] = []
+    recipe["budget"] = dict(budget)
+    return recipe, spec
+
+
+def switch_off_dropout(model) -> int:
+    """Set the rate of every Dropout layer of `model` (nested ones too) to 0; return how many there were."""
+    import keras
+
+    dropouts = [layer for layer in _flat_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    for layer in dropouts:
+        layer.rate = 0.0
+    return len(dropouts)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -396,12 +428,13 @@ def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset,
     # ReduceLROnPlateau reads val_loss at the epoch's end, so it must follow the validation scores; the
     # warm-up/cosine scheduler acts at the epoch's start and can go first.
     plateau = recipe["learning_rate_schedule"]["name"] == "ReduceLROnPlateau"
+    schedules = [schedule] if schedule is not None else []
     return [
-        *([] if plateau else [schedule]),
+        *([] if plateau else schedules),
         batch_norm_callback(norm_dataset),
         validation_callback(val_dataset, val_labels, recipe["loss"]["label_smoothing"]),
         epoch_recorder(paths["epochs"], records),
-        *([schedule] if plateau else []),
+        *(schedules if plateau else []),
         best_checkpoint(paths["checkpoint"], best),
         keras.callbacks.CSVLogger(str(paths["csv"]), append=resuming),
         *([keras.callbacks.TensorBoard(log_dir=str(paths["tensorboard"]), profile_batch=0, write_graph=False)]
@@ -412,19 +445,20 @@ def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset,
 
 
 def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
-                permute_labels: bool = False, output_name: str | None = None, verbose: int = 2,
-                extra_callbacks: tuple = ()) -> dict:
+                output_name: str | None = None, verbose: int = 2, extra_callbacks: tuple = (),
+                budget: dict | None = None, control: dict | None = None) -> dict:
     """Train `name` on the train split, keep the best validation epoch, write the model and its recipe record.
 
     Writes models/<output_name>.keras and .json and training/<output_name>/ (history.json, log.csv, curves.png,
-    tensorboard/). `permute_labels` trains the label-permutation control (labels shuffled within train).
-    `extra_callbacks` run after the run's own (after BackupAndRestore, so an epoch they interrupt is backed up).
-    A run killed mid-way resumes from its last finished epoch (BackupAndRestore) when called again.
+    tensorboard/). `budget` changes the recipe (see `apply_budget`); `control` describes a control run (its labels
+    and split, see alzlib.controls) and is stored in the record. `extra_callbacks` run after the run's own (after
+    BackupAndRestore, so an epoch they interrupt is backed up). A run killed mid-way resumes from its last
+    finished epoch (BackupAndRestore) when called again.
     """
     from alzlib import models
 
     models.check_model_name(name)
-    output_name = output_name or (f"{name}_permuted" if permute_labels else name)
+    output_name = output_name or name
     environment.set_seeds(settings.seed, settings.deterministic)
     gpu = config.gpu_available()
     policy = configure_precision(gpu)
@@ -435,12 +469,10 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     class_names = class_names_of(manifest)
     train_images, train_labels = split_arrays(manifest, images, "train")
     val_images, val_labels = split_arrays(manifest, images, "val")
-    if permute_labels:
-        train_labels = permuted_labels(train_labels, settings.seed)
     class_weights = balanced_class_weights(train_labels, len(class_names))
     strategy = environment.distribution_strategy()
-    recipe = training_recipe(name, settings.profile, strategy.num_replicas_in_sync, gpu)
-    spec = preprocessing.preprocessing_spec(name, settings.profile.image_size)
+    recipe, spec = apply_budget(training_recipe(name, settings.profile, strategy.num_replicas_in_sync, gpu),
+                                preprocessing.preprocessing_spec(name, settings.profile.image_size), budget)
     paths = _output_paths(settings, output_name)
     records, best = _start_or_resume(paths)
     paths["folder"].mkdir(parents=True, exist_ok=True)
@@ -448,6 +480,8 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     with strategy.scope():
         model, info = models.build_model(name, len(class_names), settings.profile.image_size,
                                          settings.weights or "imagenet")
+        if budget and budget.get("dropout") is False:
+            info["dropout_layers_switched_off"] = switch_off_dropout(model)
         compile_model(model, recipe)
     train_dataset, val_dataset, norm_dataset = _datasets(
         spec, (train_images, train_labels), (val_images, val_labels), len(class_names), recipe["global_batch_size"],
@@ -469,7 +503,7 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     figure = plot_training_curves(history, title=output_name)
     save_figure(figure, paths["curves"])
     record = _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights,
-                            records, best, checkpoint, seconds, resuming, permute_labels, strategy, policy,
+                            records, best, checkpoint, seconds, resuming, control, strategy, policy,
                             len(train_labels), len(val_labels), paths)
     write_json(paths["record"], record)
     return record
@@ -483,7 +517,7 @@ def _move_atomically(source: Path, target: Path) -> None:
 
 
 def _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights, records,
-                   best, checkpoint, seconds, resumed, permute_labels, strategy, policy, train_count, val_count,
+                   best, checkpoint, seconds, resumed, control, strategy, policy, train_count, val_count,
                    paths) -> dict:
     """Return the recipe record: every hyperparameter and what the run did, for models/<name>.json."""
     best_entry = next((record for record in records if record["epoch"] == best["epoch"]), None)
@@ -491,7 +525,7 @@ def _recipe_record(name, output_name, settings, manifest, recipe, spec, info, cl
     return {
         "model": output_name,
         "architecture": name,
-        "label_permutation_control": bool(permute_labels),
+        "control": control,
         "synthetic": settings.synthetic,
         "class_names": class_names,
         "num_classes": len(class_names),

@@ -227,7 +227,7 @@ def test_evaluate_predictions_writes_metrics_figures_and_summary(tmp_path):
     assert list(summary["level"]) == ["slice", "subject"]
     written = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert written["missing"][0]["model"] == "efficientnetb0"
-    assert "skipped" in written["permutation_control"]
+    assert "skipped" in written["random_label_control"]
     assert (tmp_path / "evaluation" / "summary.csv").is_file()
 
 
@@ -254,18 +254,18 @@ def test_evaluate_model_predicts_in_batches_and_writes_predictions(tmp_path):
 
 
 def _control_metrics(low: float, high: float) -> dict:
-    interval = {"estimate": (low + high) / 2, "low": low, "high": high}
-    return {"model": "baseline_cnn_permuted", "class_names": CLASSES,
+    interval = {"estimate": (low + high) / 2, "low": low, "high": high, "subjects": 30}
+    return {"model": "baseline_cnn_random_labels", "class_names": CLASSES,
             "splits": {"test": {"slice": {"intervals": {"balanced_accuracy": interval}}}}}
 
 
-def test_permutation_control_check_reports_whether_chance_is_inside():
-    passing = evaluation.permutation_control_check(_control_metrics(0.15, 0.38))
-    assert passing["includes_chance"] and passing["chance"] == 0.25
-    failing = evaluation.permutation_control_check(_control_metrics(0.55, 0.80))
-    assert not failing["includes_chance"] and "FAILS" in failing["verdict"]
+def test_control_check_reports_whether_the_control_is_above_chance():
+    passing = evaluation.control_check(_control_metrics(0.15, 0.38))
+    assert passing["includes_chance"] and passing["chance"] == 0.25 and not passing["tripped"]
+    failing = evaluation.control_check(_control_metrics(0.55, 0.80))
+    assert failing["tripped"] and "FAILS" in failing["verdict"]
     with pytest.raises(ValueError, match="no slice-level"):
-        evaluation.permutation_control_check({"class_names": CLASSES, "splits": {}})
+        evaluation.control_check({"class_names": CLASSES, "splits": {}})
 
 
 def test_chance_level_predictions_pass_the_control_check(tmp_path):
@@ -278,9 +278,9 @@ def test_chance_level_predictions_pass_the_control_check(tmp_path):
                              "split": np.repeat(np.where(subjects < 48, "val", "test"), 3),
                              "label_index": np.repeat(labels, 3)})
     frame = evaluation.predictions_frame(manifest, probabilities, CLASSES)
-    metrics = evaluation.evaluate_predictions(frame, CLASSES, tmp_path / "baseline_cnn_permuted", seed=0,
-                                              data_label="synthetic cohort", model_name="baseline_cnn_permuted",
+    metrics = evaluation.evaluate_predictions(frame, CLASSES, tmp_path / "baseline_cnn_random_labels", seed=0,
+                                              data_label="synthetic cohort", model_name="baseline_cnn_random_labels",
                                               n_bootstrap=500, figures=False)
-    check = evaluation.permutation_control_check(metrics)
+    check = evaluation.control_check(metrics)
     assert check["estimate"] == pytest.approx(0.25) and check["includes_chance"]
     assert check["low"] < 0.25 < check["high"]

@@ -131,7 +131,7 @@ def test_report_has_every_section_and_the_synthetic_banner(built):
 def test_missing_inputs_are_marked_in_place_and_listed_at_the_top(built):
     _, document = built
     expected_missing = ["models/resnet50_attention.json", "models/efficientnetb0.json",
-                        "models/baseline_cnn_permuted.json", "training/resnet50/curves.png",
+                        "models/baseline_cnn_random_labels.json", "training/resnet50/curves.png",
                         "evaluation/resnet50/confusion*.png", "evaluation/resnet50/reliability*.png"]
     top = document[:document.index("<nav>")]
     for name in expected_missing:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alzlib import config, models, preprocessing, training
+from alzlib import config, controls, models, preprocessing, training
 from alzlib.storage import write_json
 
 IMAGE_SIZE = 32
@@ -78,11 +78,17 @@ def test_validation_scores_match_hand_computed_values_and_the_keras_loss():
     assert scores["val_loss"] == pytest.approx(float(keras_loss), rel=1e-5)
 
 
-def test_permuted_labels_keep_the_counts_and_follow_the_seed():
-    labels = np.repeat(np.arange(4), 10)
-    shuffled = training.permuted_labels(labels, 3)
-    assert np.array_equal(np.bincount(shuffled), np.bincount(labels)) and not np.array_equal(shuffled, labels)
-    assert np.array_equal(shuffled, training.permuted_labels(labels, 3))
+def test_budget_changes_epochs_rate_and_augmentation_and_rejects_unknown_keys():
+    recipe = training.training_recipe("baseline_cnn", config.PROFILES["cpu"])
+    spec = preprocessing.preprocessing_spec("baseline_cnn", 64)
+    changed, changed_spec = training.apply_budget(recipe, spec, {"epochs": 9, "learning_rate": 1e-3,
+                                                                 "augmentation": False})
+    assert changed["epochs"] == 9 and changed["optimizer"]["learning_rate"] == 1e-3
+    assert changed["learning_rate_schedule"] == {"name": "constant", "learning_rate": 1e-3}
+    assert changed_spec["augmentation"] == [] and spec["augmentation"] and recipe["epochs"] == 4  # copies
+    assert training.apply_budget(recipe, spec, None) == (recipe, spec)
+    with pytest.raises(ValueError, match="Unknown budget key"):
+        training.apply_budget(recipe, spec, {"epoch": 3})
 
 
 def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers():
@@ -130,12 +136,13 @@ def test_recipes_record_every_hyperparameter():
 
 @pytest.fixture(scope="module")
 def control_run(tmp_path_factory):
-    """The label-permutation control trained for one epoch, with the labels fed to the pipeline recorded."""
+    """The random-label control trained under its budget, with the labels fed to the pipeline recorded."""
     folder = tmp_path_factory.mktemp("control")
     manifest = write_manifest(folder)
     fed = []
     with pytest.MonkeyPatch.context() as monkeypatch:
         settings = tiny_settings(folder / "outputs", monkeypatch, epochs=1, warmup=1)
+        images = preprocessing.load_image_cache(manifest, IMAGE_SIZE, settings.paths.cache)
         original = preprocessing.make_dataset
 
         def recording(images, labels, spec, training_flag, *args, **kwargs):
@@ -143,40 +150,41 @@ def control_run(tmp_path_factory):
             return original(images, labels, spec, training_flag, *args, **kwargs)
 
         monkeypatch.setattr(preprocessing, "make_dataset", recording)
-        record = training.train_model("baseline_cnn", settings, manifest, permute_labels=True, verbose=0)
+        record = controls.train_control(settings, manifest, images)
     return settings, manifest, record, fed
 
 
 def test_control_run_writes_the_model_its_record_and_training_files(control_run):
     settings, manifest, record, _ = control_run
-    assert record["model"] == config.CONTROL_MODEL_NAME and record["label_permutation_control"] is True
+    assert record["model"] == config.CONTROL_MODEL_NAME and record["control"]["labels"] == "random"
+    assert record["control"]["split_policy"] == "subject" and not record["control"]["leaky_split"]
     folder = settings.paths.training / config.CONTROL_MODEL_NAME
     for path in (settings.paths.models / f"{config.CONTROL_MODEL_NAME}.keras", folder / "history.json",
                  folder / "log.csv", folder / "curves.png"):
         assert path.is_file(), path
     assert not (folder / "backup").exists() and not (folder / "best.keras").exists()
     saved = json.loads((settings.paths.models / f"{config.CONTROL_MODEL_NAME}.json").read_text())
-    assert saved["best_epoch"] == record["best_epoch"] == 1
+    assert saved["best_epoch"] == record["best_epoch"] and saved["epochs_run"] == settings.profile.control_epochs
     assert saved["class_names"] == ["class0", "class1", "class2"]
-    assert saved["class_weights"] == pytest.approx({"class0": 24 / 36, "class1": 1.0, "class2": 2.0})
-    assert saved["recipe"]["optimizer"] == {"name": "Adam", "learning_rate": 1e-4}
-    assert saved["learning_rates"] == pytest.approx([1e-4])
+    # The control budget: constant 1e-3, no augmentation, dropout off, the profile's control epochs.
+    assert saved["recipe"]["optimizer"] == {"name": "Adam", "learning_rate": 1e-3}
+    assert saved["learning_rates"] == pytest.approx([1e-3] * settings.profile.control_epochs)
+    assert saved["preprocessing"]["augmentation"] == [] and saved["model_info"]["dropout_layers_switched_off"] == 5
     assert saved["train_images"] == 24 and saved["val_images"] == 6
     assert saved["preprocessing"]["family"] == "baseline" and saved["seed"] == 7
-    assert saved["data_manifest_hash"] == training.manifest_hash(manifest)
     assert saved["best_validation"]["val_balanced_accuracy"] is not None
     assert "keras" in saved["run"]["libraries"] and saved["global_batch_size"] == 8
 
 
-def test_control_run_trains_on_shuffled_labels_and_validates_on_true_ones(control_run):
+def test_control_run_trains_and_validates_on_random_subject_labels(control_run):
     settings, manifest, _, fed = control_run
     (train_flag, train_labels), (val_flag, val_labels), (norm_flag, norm_labels) = fed
-    true_train = manifest.loc[manifest.split == "train", "label_index"].to_numpy()
-    assert train_flag and np.array_equal(train_labels, training.permuted_labels(true_train, settings.seed))
-    assert not np.array_equal(train_labels, true_train)
-    assert not val_flag and np.array_equal(val_labels, manifest.loc[manifest.split == "val", "label_index"])
+    random = controls.with_random_labels(manifest, settings.seed)
+    assert train_flag and np.array_equal(train_labels, random.loc[random.split == "train", "label_index"])
+    assert not np.array_equal(train_labels, manifest.loc[manifest.split == "train", "label_index"])
+    assert not val_flag and np.array_equal(val_labels, random.loc[random.split == "val", "label_index"])
     # Batch-norm statistics come from un-augmented training images only.
-    assert not norm_flag and len(norm_labels) == min(len(true_train), training.BATCH_NORM_IMAGES)
+    assert not norm_flag and len(norm_labels) == min(len(train_labels), training.BATCH_NORM_IMAGES)
 
 
 def test_saved_model_reloads_in_safe_mode(control_run):
