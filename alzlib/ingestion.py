@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from alzlib.grouping import components, similarity_groups, unit_rows
 from alzlib.storage import write_json, write_parquet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+# 3D volume formats a new user may hold instead of exported slices: NIfTI, FreeSurfer MGH, Analyze, DICOM.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".img", ".hdr", ".dcm", ".dicom")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz")
+VOLUME_HINT = ("this looks like 3D volumes (NIfTI/DICOM): export 2D slices to PNG/JPEG first "
+               "(see README 'Your own data')")
 SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "testing": "test", "val": "val",
                  "valid": "val", "validation": "val"}
 MIN_SIDE = 32
@@ -141,30 +147,105 @@ class DatasetScan:
 
 
 def _check_data_dir(data_dir: Path) -> Path:
-    """Return the resolved data folder; raise FileNotFoundError/IngestionError when missing or empty."""
+    """Return the resolved data folder; raise FileNotFoundError/IngestionError when missing or a file."""
     if not data_dir.exists():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist: set DATA_DIR to a data set root "
                                 f"(class folders, train/test folders or parquet files), or None for the synthetic "
                                 f"cohort.")
     if not data_dir.is_dir():
         raise IngestionError(f"DATA_DIR {data_dir} is a file: expected a folder.")
-    if not any(path.is_file() for path in data_dir.rglob("*")):
-        raise IngestionError(f"Data folder {data_dir} is empty: expected class folders of images "
-                             f"(e.g. {data_dir}/NonDemented/*.jpg) or parquet files.")
     return data_dir.resolve()
+
+
+def _check_not_empty(root: Path, files: list[Path], skipped: list[dict]) -> None:
+    """Raise IngestionError when the walk found no readable file, naming the first dead end if there was one."""
+    if files:
+        return
+    dead_end = f" (only {len(skipped)} unreadable entries, e.g. {skipped[0]['path']}: {skipped[0]['reason']})" \
+        if skipped else ""
+    raise IngestionError(f"Data folder {root} is empty{dead_end}: expected class folders of images "
+                         f"(e.g. {root}/NonDemented/*.jpg) or parquet files.")
+
+
+def walk_files(root: Path) -> tuple[list[Path], list[dict]]:
+    """Return every visible file under `root`, following symbolic links, and a skip record for each dead end."""
+    files: list[Path] = []
+    skipped: list[dict] = []
+    _walk(root, frozenset({os.path.realpath(root)}), files, skipped)
+    return sorted(files), skipped
+
+
+def _walk(folder: Path, ancestors: frozenset[str], files: list[Path], skipped: list[dict]) -> None:
+    """Add the files below `folder` to `files`; `ancestors` (real paths) stop a link that loops back up."""
+    for path in _listing(folder, skipped):
+        if path.is_dir():
+            real = os.path.realpath(path)
+            if real in ancestors:
+                skipped.append({"path": str(path), "reason": f"symbolic link to {real} loops back to a folder "
+                                                             f"above it: not followed"})
+            else:
+                _walk(path, ancestors | {real}, files, skipped)
+        elif path.is_file():
+            files.append(path)
+        else:
+            skipped.append({"path": str(path), "reason": _dead_end(path)})
+
+
+def _listing(folder: Path, skipped: list[dict]) -> list[Path]:
+    """Return the visible entries of `folder` in name order; record a folder that cannot be listed."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        skipped.append({"path": str(folder), "reason": f"cannot list folder ({error.strerror or error})"})
+        return []
+    # Hidden entries (.DS_Store, .ipynb_checkpoints, .git) are tool files, not data.
+    return [folder / name for name in names if not name.startswith(".")]
+
+
+def _dead_end(path: Path) -> str:
+    """Return why an entry that is neither a readable file nor a folder cannot be used."""
+    if path.is_symlink():
+        return f"broken symbolic link to {os.readlink(path)}"
+    return "not a regular file or folder (a socket, pipe or device)"
+
+
+def file_extension(path: Path) -> str:
+    """Return a file's lower-case extension, both parts of a compressed one ('.nii.gz'); '' when it has none."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] in COMPRESSED_SUFFIXES:
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+def is_volume(path: Path) -> bool:
+    """True for a 3D volume file (NIfTI, MGH, Analyze, DICOM) by its extension or its DICOM marker."""
+    return file_extension(path) in VOLUME_SUFFIXES or _has_dicom_marker(path)
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    """True when bytes 128-131 read 'DICM' (scanner exports often give DICOM files no extension)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def scan_dataset(data_dir: str | Path) -> DatasetScan:
     """Find every candidate image under `data_dir` with its class, shipped split and (parsed) subject id."""
     root = _check_data_dir(Path(data_dir).expanduser())
+    files, skipped = walk_files(root)
+    _check_not_empty(root, files, skipped)
     if _is_synthetic(root):
-        return _scan_folders(root / "images", root, {"kind": "synthetic", "layout": "synthetic cohort",
-                                                     "synthetic": True})
-    files = [path for path in root.rglob("*") if path.is_file() and not _hidden(path, root)]
+        images = root / "images"
+        return _scan_folders(images, root, {"kind": "synthetic", "layout": "synthetic cohort", "synthetic": True},
+                             [path for path in files if images in path.parents], skipped)
     if not any(path.suffix.lower() in IMAGE_SUFFIXES for path in files) and any(
             path.suffix.lower() == ".parquet" for path in files):
-        return _scan_parquet(sorted(path for path in files if path.suffix.lower() == ".parquet"), root)
-    return _scan_folders(root, root, {"kind": "class_folders", "layout": None, "synthetic": False})
+        scan = _scan_parquet(sorted(path for path in files if path.suffix.lower() == ".parquet"), root)
+        return DatasetScan(scan.files, scan.data_source, scan.task, skipped)
+    return _scan_folders(root, root, {"kind": "class_folders", "layout": None, "synthetic": False}, files, skipped)
 
 
 def _is_synthetic(root: Path) -> bool:
@@ -179,11 +260,6 @@ def _is_synthetic(root: Path) -> bool:
                              f"\"synthetic\": true.") from error
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """True for files inside hidden folders or hidden files (.DS_Store, .ipynb_checkpoints)."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def _class_folder(path: Path, root: Path) -> tuple[str | None, str | None]:
     """Return (class folder name, shipped split) of an image: its nearest non-split ancestor below `root`."""
     parents = path.relative_to(root).parts[:-1]
@@ -195,24 +271,23 @@ def _class_folder(path: Path, root: Path) -> tuple[str | None, str | None]:
     return folder, shipped
 
 
-def _scan_folders(image_root: Path, root: Path, data_source: dict) -> DatasetScan:
-    """Scan a class-folder tree (optionally under train/test folders)."""
+def _scan_folders(image_root: Path, root: Path, data_source: dict, files: list[Path],
+                  walk_skipped: list[dict]) -> DatasetScan:
+    """Scan the walked files of a class-folder tree (optionally under train/test folders)."""
     if not image_root.is_dir():
         raise IngestionError(f"{root} has a synthetic cohort.json but no images/ folder: expected "
                              f"{image_root}/<Class>/SYN0001_slice00.jpg.")
-    files = sorted(path for path in image_root.rglob("*") if path.is_file() and not _hidden(path, root))
     images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
-        raise IngestionError(f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {image_root}: expected class "
-                             f"folders of images, e.g. {image_root}/NonDemented/*.jpg.")
+        raise IngestionError(_no_images_message(image_root, files))
     placed = {path: _class_folder(path, image_root) for path in images}
     loose = [str(path) for path, (folder, _) in placed.items() if folder is None]
     if len(loose) == len(images):
         raise IngestionError(f"No class folders in {image_root}: found {len(images)} image(s) such as {loose[0]} "
                              f"outside any class folder; expected {image_root}/<Class>/<image>.")
     task, mapping = resolve_classes([folder for folder, _ in placed.values() if folder], image_root)
-    skipped = [{"path": path, "reason": "outside any class folder"} for path in loose]
-    skipped += [{"path": str(path), "reason": f"not an image file (extension {path.suffix or 'none'!r})"}
+    skipped = walk_skipped + [{"path": path, "reason": "outside any class folder"} for path in loose]
+    skipped += [{"path": str(path), "reason": _not_image_reason(path)}
                 for path in files if path.suffix.lower() not in IMAGE_SUFFIXES]
     synthetic = data_source["kind"] == "synthetic"
     rows = [_folder_row(path, folder, shipped, mapping, root, synthetic)
@@ -222,6 +297,24 @@ def _scan_folders(image_root: Path, root: Path, data_source: dict) -> DatasetSca
     return DatasetScan(frame, data_source, task, skipped)
 
 
+def _no_images_message(image_root: Path, files: list[Path]) -> str:
+    """Return the error for a tree without 2D images: a hint to export slices when it holds volumes."""
+    volumes = [path for path in files if is_volume(path)]
+    if volumes:
+        return (f"No 2D image files ({', '.join(IMAGE_SUFFIXES)}) under {image_root}, only {len(volumes)} volume "
+                f"file(s) such as {volumes[0]}: {VOLUME_HINT}.")
+    return (f"No image files ({', '.join(IMAGE_SUFFIXES)}) under {image_root}: expected class folders of images, "
+            f"e.g. {image_root}/NonDemented/*.jpg.")
+
+
+def _not_image_reason(path: Path) -> str:
+    """Return the skip reason of a file that is not a 2D image (a volume gets the export hint)."""
+    extension = file_extension(path)
+    if is_volume(path):
+        return f"3D volume file ({extension or 'DICOM'}), not a 2D image: {VOLUME_HINT}"
+    return f"not an image file (extension {extension or 'none'!r})"
+
+
 def _folder_row(path: Path, folder: str, shipped: str | None, mapping: dict, root: Path, synthetic: bool) -> dict:
     """Return the candidate row of one image file in a class folder."""
     subject, source, slice_index = parse_subject(path.stem, synthetic)
@@ -229,7 +322,8 @@ def _folder_row(path: Path, folder: str, shipped: str | None, mapping: dict, roo
     if synthetic:
         mask_path = root / "masks" / path.parent.name / f"{path.stem}.png"
         mask = str(mask_path.resolve()) if mask_path.is_file() else None
-    return {"path": str(path.resolve()), "label": mapping[folder], "original_folder": folder,
+    # The path as found below the resolved root, links kept: a linked file and its target stay two rows.
+    return {"path": str(path), "label": mapping[folder], "original_folder": folder,
             "shipped_split": shipped, "subject_id": subject, "subject_source": source,
             "slice_index": slice_index, "mask_path": mask}
 
@@ -437,8 +531,37 @@ def duplicate_groups(frame: pd.DataFrame, features: np.ndarray) -> pd.Series:
     return groups.map(renumber).astype("Int64")
 
 
-def duplicate_summary(frame: pd.DataFrame) -> dict:
-    """Count exact duplicates (same SHA-256), near duplicates and copies filed under different classes."""
+def contradictory_copies(frame: pd.DataFrame) -> list[dict]:
+    """Return a skip record for every image whose exact bytes also lie under another class (label unknowable)."""
+    classes_per_hash = frame.groupby("sha256")["label"].transform("nunique")
+    skipped = []
+    for _, group in frame[classes_per_hash > 1].groupby("sha256", sort=False):
+        paths, classes = sorted(group["path"]), sorted(set(group["label"]))
+        filed_under = f"{', '.join(classes[:-1])} and {classes[-1]}"
+        skipped += [{"path": path, "reason": f"same bytes as {next(other for other in paths if other != path)} "
+                                             f"filed under class {filed_under}: label contradicts itself"}
+                    for path in paths]
+    return skipped
+
+
+def drop_contradictory_copies(frame: pd.DataFrame, thumbnails: np.ndarray
+                              ) -> tuple[pd.DataFrame, np.ndarray, list[dict], dict]:
+    """Drop every copy of bytes filed under two classes; return kept rows, their thumbnails, skips and counts."""
+    skipped = contradictory_copies(frame)
+    dropped = frame["path"].isin({item["path"] for item in skipped}).to_numpy()
+    counts = {"contradictory_groups": int(frame.loc[dropped, "sha256"].nunique()),
+              "contradictory_images_dropped": int(dropped.sum())}
+    if dropped.all():
+        raise IngestionError(f"Every readable image ({len(frame)}) has an identical copy filed under another class, "
+                             f"e.g. {skipped[0]['path']}: {skipped[0]['reason']}.")
+    return frame[~dropped].reset_index(drop=True), thumbnails[~dropped], skipped, counts
+
+
+def duplicate_summary(frame: pd.DataFrame, contradictory: dict | None = None) -> dict:
+    """Count exact duplicates (same SHA-256), near duplicates and copies filed under different classes.
+
+    `contradictory` holds the counts of exact copies under two classes, dropped before `frame` was built.
+    """
     exact = frame[frame.duplicated("sha256", keep=False)]
     near = frame.dropna(subset=["near_duplicate_group"])
     conflicting = near.groupby("near_duplicate_group")["label"].nunique()
@@ -446,7 +569,8 @@ def duplicate_summary(frame: pd.DataFrame) -> dict:
     return {"exact_groups": int(exact["sha256"].nunique()), "exact_images": len(exact),
             "near_groups": int(near["near_duplicate_group"].nunique()), "near_images": len(near),
             "groups_with_conflicting_labels": int((conflicting > 1).sum()),
-            "near_threshold": NEAR_DUPLICATE_CORRELATION, "exact_examples": examples}
+            "near_threshold": NEAR_DUPLICATE_CORRELATION, "exact_examples": examples,
+            **(contradictory or {"contradictory_groups": 0, "contradictory_images_dropped": 0})}
 
 
 # ------------------------------------------------------------------------------------------------ subjects
@@ -475,6 +599,8 @@ def _manifest_frame(scan: DatasetScan) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Decode, hash, de-duplicate-group and subject-group the scanned files; return rows sorted by path."""
     files = scan.files.sort_values("path", kind="stable").reset_index(drop=True)
     frame, thumbnails, skipped, conversions = read_candidates(files)
+    # Identical bytes under two classes: the label is unknowable and a split could put copies on both sides.
+    frame, thumbnails, contradictions, contradictory = drop_contradictory_copies(frame, thumbnails)
     features = unit_rows(thumbnails)
     frame["near_duplicate_group"] = duplicate_groups(frame, features)
     frame, grouping = assign_similarity_subjects(frame, thumbnails)
@@ -482,8 +608,10 @@ def _manifest_frame(scan: DatasetScan) -> tuple[pd.DataFrame, np.ndarray, dict]:
     if len(classes) < 2:
         raise IngestionError(f"Only class {classes} has readable images: a classification task needs two.")
     frame["label_index"] = frame["label"].map({name: index for index, name in enumerate(classes)}).astype(int)
-    extras = {"skipped": scan.skipped + skipped, "conversions": conversions, "grouping": grouping,
-              "classes": classes}
+    dropped = {item["path"] for item in contradictions}
+    extras = {"skipped": scan.skipped + skipped + contradictions, "grouping": grouping, "classes": classes,
+              "conversions": [item for item in conversions if item["path"] not in dropped],
+              "contradictory": contradictory}
     return frame, features, extras
 
 
@@ -491,12 +619,33 @@ def choose_split(frame: pd.DataFrame, policy: str, seed: int) -> tuple[pd.Series
     """Return (the subject split, the split under the shipped policy or None when nothing is shipped)."""
     subject = splits.subject_split(frame, seed)
     shipped = None
-    if frame["shipped_split"].notna().all():
+    # A shipped split needs both a train and a test part; train/ alone is only audited, never used.
+    if frame["shipped_split"].notna().all() and {"train", "test"} <= set(frame["shipped_split"]):
         shipped = splits.shipped_policy_split(frame, seed)
     if policy == "shipped" and shipped is None:
-        raise IngestionError("SPLIT='shipped' but this data set ships no train/test split for every image "
-                             "(no train/test folders or files): use SPLIT='subject'.")
+        raise IngestionError(_no_shipped_split_message(frame))
     return subject, shipped
+
+
+def _no_shipped_split_message(frame: pd.DataFrame) -> str:
+    """Return the one-line error for SPLIT='shipped' on data without a complete shipped train/test split."""
+    shipped, root = frame["shipped_split"], _data_root(frame)
+    parts = sorted(set(shipped.dropna()))
+    if shipped.isna().any():
+        example = frame.loc[shipped.isna(), "path"].iloc[0]
+        outside = f"; {int(shipped.isna().sum())} image(s) lie in none, e.g. {example}"
+        return (f"SPLIT='shipped' but {root} ships no train/test split for every image (no train/test folders or "
+                f"files{outside if parts else ''}): use SPLIT='subject'.")
+    missing = next(part for part in ("train", "test") if part not in parts)
+    return (f"SPLIT='shipped' but {root} ships only {'/'.join(parts)}/ (no {missing}/ folder or {missing} file): "
+            f"use SPLIT='subject'.")
+
+
+def _data_root(frame: pd.DataFrame) -> Path:
+    """Return the folder above every manifest path, cut above its last train/test folder (names the data set)."""
+    common = Path(os.path.commonpath([str(Path(path.split("#row=")[0]).parent) for path in frame["path"]]))
+    cuts = [index for index, part in enumerate(common.parts) if part.lower() in SPLIT_FOLDERS]
+    return Path(*common.parts[:cuts[-1]]) if cuts else common
 
 
 def build_report(frame: pd.DataFrame, features: np.ndarray, scan: DatasetScan, extras: dict,
@@ -518,7 +667,7 @@ def build_report(frame: pd.DataFrame, features: np.ndarray, scan: DatasetScan, e
               "subject_sources": _count(frame, "subject_source")}
     return {"data_dir": str(settings.data_dir), "data_source": scan.data_source, "classes": extras["classes"],
             "task": scan.task, "counts": counts, "skipped": extras["skipped"], "conversions": extras["conversions"],
-            "duplicates": duplicate_summary(frame), "subject_grouping": extras["grouping"],
+            "duplicates": duplicate_summary(frame, extras.get("contradictory")), "subject_grouping": extras["grouping"],
             "split_policy": settings.split, "seed": settings.seed,
             "split_fractions": list(splits.DEFAULT_FRACTIONS),
             "split_warnings": splits.split_warnings(frame, "split"), "leakage_audit": audit}

@@ -278,3 +278,21 @@ def write_accepted_variants(folder: str | Path) -> dict[str, str]:
     Image.fromarray(grey.astype(np.uint16) * 16).save(folder / "sixteen.png")
     Image.fromarray(grey).convert("P").save(folder / "palette.png")
     return {"rgb.png": "RGB", "rgba.png": "RGBA", "sixteen.png": "I;16", "palette.png": "P"}
+
+
+def write_volume_files(folder: str | Path) -> dict[str, str]:
+    """Write one 3D volume file of each format a new user may hold; return {file name: extension reported}."""
+    import gzip
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dicom = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00" * 8  # preamble, marker, a few header bytes
+    (folder / "sub-01_T1w.nii.gz").write_bytes(gzip.compress(b"\x5c\x01" + b"\x00" * 346))
+    (folder / "brain.nii").write_bytes(b"\x5c\x01" + b"\x00" * 350)
+    (folder / "aseg.mgz").write_bytes(gzip.compress(b"\x00" * 284))
+    (folder / "scan.hdr").write_bytes(b"\x5c\x01" + b"\x00" * 346)
+    (folder / "scan.img").write_bytes(b"\x00" * 512)
+    (folder / "slice.dcm").write_bytes(dicom)
+    (folder / "IM0001").write_bytes(dicom)  # scanner exports often give DICOM files no extension
+    return {"sub-01_T1w.nii.gz": ".nii.gz", "brain.nii": ".nii", "aseg.mgz": ".mgz", "scan.hdr": ".hdr",
+            "scan.img": ".img", "slice.dcm": ".dcm", "IM0001": "DICOM"}

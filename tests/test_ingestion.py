@@ -294,6 +294,109 @@ def test_duplicates_are_reported_and_grouped_into_one_subject(tmp_path, monkeypa
     assert audit["near_duplicates_across_splits"]["groups"] == 0
 
 
+def test_identical_images_under_two_classes_are_dropped_with_their_reason(tmp_path, monkeypatch):
+    root = fixtures.make_class_tree(tmp_path / "data", ["NonDemented", "MildDemented"], images_per_folder=6)
+    shutil.copy(root / "NonDemented" / "img0.png", root / "MildDemented" / "copy.png")
+    shutil.copy(root / "NonDemented" / "img1.png", root / "NonDemented" / "same_class.png")
+    manifest, report, _ = ingest(root, tmp_path, monkeypatch)
+    names = set(manifest["path"].map(lambda path: Path(path).name + "@" + Path(path).parent.name))
+    assert "img0.png@NonDemented" not in names and "copy.png@MildDemented" not in names
+    assert "same_class.png@NonDemented" in names and len(manifest) == 12
+    reasons = {item["path"]: item["reason"] for item in report["skipped"]}
+    original, copy = str(root.resolve() / "NonDemented" / "img0.png"), str(root.resolve() / "MildDemented" / "copy.png")
+    assert reasons[original] == (f"same bytes as {copy} filed under class MildDemented and NonDemented: "
+                                 f"label contradicts itself")
+    assert reasons[copy].startswith(f"same bytes as {original} ")
+    duplicates = report["duplicates"]
+    assert duplicates["contradictory_groups"] == 1 and duplicates["contradictory_images_dropped"] == 2
+    # The same-class copy stays, as one exact group; the count the notebook prints includes the dropped copies.
+    assert duplicates["exact_groups"] == 1 and report["counts"]["skipped"] == len(report["skipped"]) == 2
+    assert report["counts"]["files_seen"] == 14
+
+
+def test_every_image_contradicted_is_one_line_error(tmp_path, monkeypatch):
+    root = fixtures.make_class_tree(tmp_path / "data", ["NonDemented"], images_per_folder=2)
+    shutil.copytree(root / "NonDemented", root / "MildDemented")
+    with pytest.raises(IngestionError, match="identical copy filed under another class") as error:
+        ingest(root, tmp_path, monkeypatch)
+    assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ links and volumes
+
+
+def test_symbolic_links_are_followed_and_dead_ends_recorded(tmp_path, monkeypatch):
+    elsewhere = fixtures.make_class_tree(tmp_path / "elsewhere", ["MildDemented", "spare"], images_per_folder=3,
+                                      seed=1)
+    root = tmp_path / "data"
+    fixtures.make_class_tree(root, ["NonDemented"], images_per_folder=3)
+    (root / "MildDemented").symlink_to(elsewhere / "MildDemented", target_is_directory=True)
+    (root / "NonDemented" / "linked.png").symlink_to(elsewhere / "spare" / "img2.png")
+    (root / "NonDemented" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (root / "NonDemented" / "up").symlink_to(root, target_is_directory=True)  # a loop back to an ancestor
+    manifest, report, _ = ingest(root, tmp_path, monkeypatch)
+    rows = manifest.set_index(manifest["path"].map(lambda path: str(Path(path).relative_to(root.resolve()))))
+    assert (rows.loc[[f"MildDemented/img{index}.png" for index in range(3)], "label"] == "MildDemented").all()
+    assert rows.loc["NonDemented/linked.png", "label"] == "NonDemented" and len(manifest) == 7
+    reasons = {Path(item["path"]).name: item["reason"] for item in report["skipped"]}
+    assert reasons["gone.png"] == f"broken symbolic link to {tmp_path / 'deleted.png'}"
+    assert "loops back to a folder above it" in reasons["up"] and len(reasons) == 2
+
+
+def test_a_folder_of_broken_links_is_refused_naming_one(tmp_path, monkeypatch):
+    (tmp_path / "data" / "NonDemented").mkdir(parents=True)
+    (tmp_path / "data" / "NonDemented" / "a.jpg").symlink_to(tmp_path / "unmounted" / "a.jpg")
+    with pytest.raises(IngestionError, match=r"empty \(only 1 unreadable entries, e.g. .*a\.jpg: broken symbolic"):
+        ingest(tmp_path / "data", tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("name, expected", [("sub-01_T1w.nii.gz", ".nii.gz"), ("x.JPG", ".jpg"), ("README", ""),
+                                            ("1.5T scan.nii", ".nii"), ("notes.tar.gz", ".tar.gz")])
+def test_file_extension_keeps_both_parts_of_a_compressed_one(name, expected):
+    assert ingestion.file_extension(Path(name)) == expected
+
+
+def test_volumes_only_get_the_export_hint(tmp_path, monkeypatch):
+    fixtures.write_volume_files(tmp_path / "data" / "NonDemented")
+    fixtures.write_volume_files(tmp_path / "data" / "MildDemented")
+    with pytest.raises(IngestionError, match=r"only 14 volume file\(s\) such as .*: this looks like 3D volumes "
+                                             r"\(NIfTI/DICOM\): export 2D slices to PNG/JPEG first \(see README "
+                                             r"'Your own data'\)") as error:
+        ingest(tmp_path / "data", tmp_path, monkeypatch)
+    assert "\n" not in str(error.value)
+
+
+def test_volumes_beside_images_are_skipped_with_the_hint(tmp_path, monkeypatch):
+    root = fixtures.make_class_tree(tmp_path / "data", ["NonDemented", "MildDemented"], images_per_folder=3)
+    extensions = fixtures.write_volume_files(root / "MildDemented")
+    manifest, report, _ = ingest(root, tmp_path, monkeypatch)
+    reasons = {Path(item["path"]).name: item["reason"] for item in report["skipped"]}
+    assert len(manifest) == 6 and set(reasons) == set(extensions)
+    for name, extension in extensions.items():
+        assert reasons[name] == f"3D volume file ({extension}), not a 2D image: {ingestion.VOLUME_HINT}"
+
+
+# ------------------------------------------------------------------------------------------ shipped split
+
+
+def test_shipped_policy_on_train_only_tree_is_one_line_error_naming_the_folder(tmp_path, monkeypatch):
+    root = tmp_path / "kaggle"
+    fixtures.make_oasis_tree(root / "train", {"NonDemented": [1, 2, 3], "MildDemented": [4, 5, 6]})
+    with pytest.raises(IngestionError) as error:
+        ingest(root, tmp_path, monkeypatch, split="shipped")
+    assert str(error.value) == (f"SPLIT='shipped' but {root.resolve()} ships only train/ (no test/ folder or test "
+                                f"file): use SPLIT='subject'.")
+
+
+def test_subject_policy_on_train_only_tree_works_and_audits_the_partial_shipped_split(tmp_path, monkeypatch):
+    root = tmp_path / "kaggle"
+    fixtures.make_oasis_tree(root / "train", {"NonDemented": [1, 2, 3], "MildDemented": [4, 5, 6]})
+    manifest, report, _ = ingest(root, tmp_path, monkeypatch)
+    assert set(manifest["split"]) == {"train", "val", "test"} and set(manifest["shipped_split"]) == {"train"}
+    assert report["leakage_audit"]["shipped"]["images_per_split"] == {"train": 18}
+    assert not report["split_warnings"]
+
+
 # ------------------------------------------------------------------------------------------ determinism
 
 
