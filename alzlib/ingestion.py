@@ -161,8 +161,8 @@ def _check_not_empty(root: Path, files: list[Path], skipped: list[dict]) -> None
     """Raise IngestionError when the walk found no readable file, naming the first dead end if there was one."""
     if files:
         return
-    dead_end = f" (only {len(skipped)} unreadable entries, e.g. {skipped[0]['path']}: {skipped[0]['reason']})" \
-        if skipped else ""
+    dead_end = (f" (only {len(skipped)} unreadable entries, e.g. {skipped[0]['path']}: {skipped[0]['reason']})"
+                if skipped else "")
     raise IngestionError(f"Data folder {root} is empty{dead_end}: expected class folders of images "
                          f"(e.g. {root}/NonDemented/*.jpg) or parquet files.")
 
