@@ -501,7 +501,7 @@ def _leakage_section(context: _Context) -> str:
         parts.append(f"<p><strong>Random-label control</strong> (one random label per subject, scored on those "
                      f"labels; Yagis et al. 2021): test balanced accuracy {control['estimate']:.3f} "
                      f"[{control['low']:.3f}, {control['high']:.3f}] against chance {control['chance']:.3f}: "
-                     f"{_text(control['verdict'])}. {_text(control.get('power_note', ''))}.</p>")
+                     f"{_text(control['verdict'])}. {_text(control.get('power_note', '').capitalize())}.</p>")
     elif isinstance(control, dict):
         parts.append(f"<p>Random-label control not checked: {_text(control.get('skipped', ''))}</p>")
     demonstration = context.json(context.root / "evaluation" / "leakage_demonstration.json")
