@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from alzlib import environment
 
@@ -65,10 +65,10 @@ def run_predict(arguments: argparse.Namespace) -> int:
 
 def run_install_kernel(arguments: argparse.Namespace) -> int:
     """Run `install-kernel`: register the kernel and say what was done."""
-    from alzlib import predict
+    from alzlib import kernels
 
     try:
-        installed = predict.install_kernel(arguments.name, arguments.display_name)
+        installed = kernels.install_kernel(arguments.name, arguments.display_name)
     except (ValueError, ImportError) as error:
         raise UsageError(str(error)) from error
     print(f"Installed Jupyter kernel {installed['name']!r} (shown as {installed['display_name']!r}) for "

@@ -8,15 +8,15 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from alzlib import config
 from alzlib.evaluation import INTERVAL_METRICS, mcnemar_test, summary_rows
-from alzlib.storage import atomic_path, read_json, read_parquet, save_figure, write_json
+from alzlib.storage import read_json, read_parquet, save_figure, write_csv, write_json
 
 LATENCY_REPEATS = 30
 WARMUP_CALLS = 3
@@ -200,22 +200,15 @@ def plot_accuracy_latency(table: pd.DataFrame, title: str, metric: str = "balanc
 # ----------------------------------------------------------------------------------------------- the stage
 
 
-def _write_csv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a table as CSV atomically; return the path."""
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
-    return path
-
-
 def write_comparison(out_dir: str | Path, table: pd.DataFrame, tests: dict[str, pd.DataFrame], skipped: list,
                      data_label: str, hardware: dict | None = None) -> dict:
     """Write comparison/table.csv, mcnemar_<level>.csv, comparison.json and the two figures; return the JSON."""
     out_dir = Path(out_dir)
     if table.empty:
         raise ValueError(f"Nothing to compare: every model was skipped ({skipped}).")
-    _write_csv(out_dir / "table.csv", table)
+    write_csv(out_dir / "table.csv", table)
     for level, frame in tests.items():
-        _write_csv(out_dir / f"mcnemar_{level}.csv", frame)
+        write_csv(out_dir / f"mcnemar_{level}.csv", frame)
     suffix = f" ({data_label})" if data_label else ""
     metrics = [metric for metric in CHART_METRICS if table[metric].notna().any()]
     bars = plot_metric_bars(table, metrics, f"Test metrics with 95% subject-bootstrap intervals{suffix}")

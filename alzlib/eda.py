@@ -1,4 +1,4 @@
-"""Exploratory data analysis (notebook 02): class balance, subjects, sizes, intensities, duplicates and a shortcut audit.
+"""Exploratory data analysis (notebook 02): class balance, subjects, sizes, intensities, duplicates, shortcut audit.
 
 The shortcut audit asks whether the class can be told from properties that carry no anatomy (file format, original
 size and mode, border and corner intensity): public collections are often stitched together from several sources,
@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alzlib import config, storage
+from alzlib import config, sampling, storage
+from alzlib.metrics import balanced_accuracy
 
 MANIFEST_COLUMNS = ("path", "label", "subject_id", "split", "width", "height", "mode", "format")
 # Skull-stripped slices have a background of 0-5 grey levels (JPEG noise); above 10 a pixel counts as brain.
@@ -216,31 +217,11 @@ def _group_members(group) -> list:
 # ----------------------------------------------------------------------------------------------- pixels
 
 
-def proportional_counts(sizes: pd.Series, total: int) -> pd.Series:
-    """Return how many of each group to draw so the counts sum to `total` in proportion (largest remainder, >= 1)."""
-    quotas = sizes.astype(float) * total / sizes.sum()
-    counts = np.minimum(np.maximum(np.floor(quotas), 1), sizes).astype(int)
-    remainders = (quotas - np.floor(quotas)).sort_values(ascending=False, kind="stable")
-    for name in remainders.index:
-        if counts.sum() >= total:
-            break
-        if counts[name] < sizes[name]:
-            counts[name] += 1
-    return counts
-
-
 def sample_manifest(manifest: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
     """Return at most `max_images` rows (more only to keep one per split and class), in proportion, seeded."""
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}.")
-    if len(manifest) <= max_images:
-        return manifest.copy()
-    rng = np.random.default_rng(seed)
-    groups = dict(list(manifest.groupby(["split", "label"], sort=True)))
-    counts = proportional_counts(pd.Series({key: len(group) for key, group in groups.items()}), max_images)
-    parts = [group.iloc[np.sort(rng.choice(len(group), size=counts[key], replace=False))]
-             for key, group in groups.items()]
-    return pd.concat(parts).sort_index()
+    return sampling.stratified_sample(manifest, max_images, seed, by=["split", "label"])
 
 
 def _frame_and_corners(image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -444,16 +425,15 @@ def audit_sets(manifest: pd.DataFrame) -> tuple[pd.Series, pd.Series, str]:
     return fit, split.isin(["val", "test"]), "fit on train, scored on val+test (test lacks a class of train)"
 
 
-def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Return the mean recall over the classes present in `truth`."""
-    truth, predicted = np.asarray(truth), np.asarray(predicted)
-    return float(np.mean([np.mean(predicted[truth == name] == name) for name in np.unique(truth)]))
-
-
 def permutation_p_value(truth: np.ndarray, predicted: np.ndarray, groups: np.ndarray, seed: int,
                         permutations: int = PERMUTATIONS) -> float:
     """Return the p-value of the balanced accuracy against labels shuffled between subjects (fixed predictions)."""
     truth, predicted, groups = np.asarray(truth), np.asarray(predicted), np.asarray(groups)
+    # Integer codes make scikit-learn's score 5x faster than on class-name strings (0.6 ms against 3 ms for 300
+    # slices), which matters a thousand times per property: the audit of a cpu-profile sample (7 properties, 1000
+    # permutations) takes 7 s.
+    codes = pd.factorize(np.concatenate([truth, predicted]))[0]
+    truth, predicted = codes[:len(truth)], codes[len(truth):]
     observed = balanced_accuracy(truth, predicted)
     subjects, inverse = np.unique(groups.astype(str), return_inverse=True)
     subject_labels = pd.Series(truth).groupby(inverse).agg(lambda values: values.iloc[0]).to_numpy()
@@ -470,7 +450,7 @@ def permutation_p_value(truth: np.ndarray, predicted: np.ndarray, groups: np.nda
 
 def _score_property(features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, fit: np.ndarray,
                     score: np.ndarray, seed: int, permutations: int) -> dict:
-    """Fit a seeded random forest on the fit rows of `features`; return its balanced accuracy and p on the score rows."""
+    """Fit a seeded random forest on the fit rows of `features`; return balanced accuracy and p on the score rows."""
     from sklearn.ensemble import RandomForestClassifier
 
     values = features.to_numpy(dtype=np.float64)
@@ -578,8 +558,8 @@ def shortcut_warning_markdown(audit: dict) -> str:
     """Return Markdown for the notebook: a loud warning when the audit warns, else a short all-clear."""
     if not audit.get("ran"):
         return f"**Shortcut audit not run.** {audit.get('sentence', '')}"
-    rows = "\n".join(f"| {name} | {PIXEL_PROPERTIES.get(name, name)} | {result['score']:.2f} | {result['p_value']:.3g} |"
-                     for name, result in audit["property_scores"].items())
+    rows = "\n".join(f"| {name} | {PIXEL_PROPERTIES.get(name, name)} | {result['score']:.2f} "
+                     f"| {result['p_value']:.3g} |" for name, result in audit["property_scores"].items())
     names = audit.get("file_names") or {}
     if names:
         rows += (f"\n| {NAME_PROPERTY} (not visible to a model) | {NAME_DESCRIPTION} | {names['score']:.2f} | "
@@ -595,13 +575,6 @@ def shortcut_warning_markdown(audit: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- run
-
-
-def _write_table(table: pd.DataFrame, path: Path, index: bool = False) -> Path:
-    """Write a CSV table atomically; return the path."""
-    with storage.atomic_path(path) as temporary:
-        table.to_csv(temporary, index=index)
-    return path
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -622,18 +595,18 @@ def run_eda(manifest: pd.DataFrame, report: dict, out_dir: str | os.PathLike, da
     sample = sample_manifest(manifest, max_images, seed)
     statistics = image_statistics(sample)
     written = [
-        _write_table(images, out_dir / "class_distribution_images.csv", index=True),
-        _write_table(subjects_per_split, out_dir / "class_distribution_subjects.csv", index=True),
+        storage.write_csv(out_dir / "class_distribution_images.csv", images, index=True),
+        storage.write_csv(out_dir / "class_distribution_subjects.csv", subjects_per_split, index=True),
         _save(class_distribution_figure(images, subjects_per_split, data_label), out_dir / "class_distribution.png"),
-        _write_table(subjects, out_dir / "subjects.csv"),
-        _write_table(slices_per_subject(subjects), out_dir / "slices_per_subject.csv"),
+        storage.write_csv(out_dir / "subjects.csv", subjects),
+        storage.write_csv(out_dir / "slices_per_subject.csv", slices_per_subject(subjects)),
         _save(slices_per_subject_figure(subjects, data_label, classes), out_dir / "slices_per_subject.png"),
-        _write_table(image_properties(manifest), out_dir / "image_properties.csv"),
-        _write_table(intensity_by_class(statistics), out_dir / "intensity_by_class.csv"),
+        storage.write_csv(out_dir / "image_properties.csv", image_properties(manifest)),
+        storage.write_csv(out_dir / "intensity_by_class.csv", intensity_by_class(statistics)),
         storage.write_parquet(out_dir / "image_statistics.parquet", statistics.drop(columns="histogram")),
         _save(intensity_histogram_figure(statistics, data_label, classes), out_dir / "intensity_histograms.png"),
         _save(sample_grid_figure(manifest, data_label, seed), out_dir / "sample_grid.png"),
-        _write_table(duplicates_summary(report), out_dir / "duplicates.csv"),
+        storage.write_csv(out_dir / "duplicates.csv", duplicates_summary(report)),
     ]
     audit_input = sample.join(statistics[[*STATISTIC_COLUMNS, "error"]])
     audit = {"data_label": data_label, **shortcut_audit(audit_input, seed, permutations)}

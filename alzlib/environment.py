@@ -15,7 +15,7 @@ import numpy as np
 from alzlib import config
 
 LIBRARIES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "scikit-learn", "nilearn",
-             "umap-learn", "opencv-python-headless", "papermill", "matplotlib", "seaborn")
+             "umap-learn", "opencv-python-headless", "papermill", "matplotlib")
 
 
 def quiet_tensorflow() -> None:

@@ -6,16 +6,16 @@ Runs on the TensorFlow backend only (gradients through `tf.GradientTape`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from alzlib import config
 from alzlib.evaluation import prepare_for_model, strict_json
-from alzlib.storage import atomic_path, read_json, save_figure, write_json
+from alzlib.storage import read_json, save_figure, write_csv, write_json
 
 # Bit flags of the synthetic cohort's masks (docs/architecture.md).
 MASK_COMPONENTS = {"ventricles": 1, "cortex": 2, "medial_temporal": 4}
@@ -155,7 +155,7 @@ class GradCam:
     gradient_model: object
 
     @classmethod
-    def build(cls, model, target_layer: str | Sequence[str] | None = None) -> "GradCam":
+    def build(cls, model, target_layer: str | Sequence[str] | None = None) -> GradCam:
         """Build Grad-CAM for `model` at `target_layer` (a name, a path of names, or None for the last 4-D layer)."""
         path = list(target_layer) if isinstance(target_layer, (list, tuple)) else find_target_layer(model, target_layer)
         return cls(model=model, target_path=path, gradient_model=feature_model(model, path))
@@ -482,13 +482,6 @@ def _localisation_summary(table: pd.DataFrame, class_names: Sequence[str]) -> li
     return rows
 
 
-def _write_csv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a table as CSV atomically; return the path."""
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
-    return path
-
-
 def explain_model(model, images: np.ndarray, examples: pd.DataFrame, class_names: Sequence[str], spec: dict | None,
                   out_dir: str | Path, model_name: str, data_label: str, seed: int = config.DEFAULT_SEED,
                   target_layer: str | None = None) -> dict:
@@ -543,7 +536,7 @@ def explain_model(model, images: np.ndarray, examples: pd.DataFrame, class_names
                                                   f"{model_name}: attention map beside Grad-CAM{suffix}"),
                                    out_dir / "attention.png").name)
     record["figures"] = figures
-    _write_csv(out_dir / "per_image.csv", table)
+    write_csv(out_dir / "per_image.csv", table)
     record = strict_json(record)
     write_json(out_dir / "gradcam.json", record)
     return record
@@ -574,12 +567,12 @@ def summarise_explanations(gradcam_dir: str | Path, model_names: Sequence[str] |
     if not rows:
         raise FileNotFoundError(f"No gradcam.json under {gradcam_dir} for any of {names}: run explain_model first.")
     table = pd.DataFrame(rows)
-    _write_csv(gradcam_dir / "summary.csv", table)
+    write_csv(gradcam_dir / "summary.csv", table)
     if localisation:
-        _write_csv(gradcam_dir / "localisation.csv", pd.DataFrame(localisation))
+        write_csv(gradcam_dir / "localisation.csv", pd.DataFrame(localisation))
     reading = ("randomisation: a high rank correlation between the trained and re-initialised model's maps means "
                "the map does not depend on what was learned (the displayed maps' correlation is undefined where a "
-               "map is all zero after the ReLU; the signed maps before the ReLU are always compared); localisation: above 1 means more Grad-CAM energy inside "
-               "the atrophy mask than a uniform map would put there")
+               "map is all zero after the ReLU; the signed maps before the ReLU are always compared); localisation: "
+               "above 1 means more Grad-CAM energy inside the atrophy mask than a uniform map would put there")
     write_json(gradcam_dir / "summary.json", strict_json({"models": rows, "missing": missing, "reading": reading}))
     return table

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alzlib import storage
+from alzlib import sampling, storage
+from alzlib.metrics import balanced_accuracy
 
 MANIFEST_COLUMNS = ("path", "label", "subject_id", "split")
 PIXEL_SIZE = 64
@@ -66,16 +67,7 @@ def stratified_sample(manifest: pd.DataFrame, max_points: int, seed: int) -> pd.
     """Return `max_points` rows (more only to keep one per class), each class in proportion, seeded, in row order."""
     if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < MIN_POINTS:
         raise ValueError(f"max_points must be an integer of at least {MIN_POINTS}, got {max_points!r}.")
-    if len(manifest) <= max_points:
-        return manifest.copy()
-    from alzlib.eda import proportional_counts
-
-    rng = np.random.default_rng(seed)
-    groups = dict(list(manifest.groupby("label", sort=True)))
-    counts = proportional_counts(pd.Series({label: len(group) for label, group in groups.items()}), max_points)
-    parts = [group.iloc[np.sort(rng.choice(len(group), size=counts[label], replace=False))]
-             for label, group in groups.items()]
-    return pd.concat(parts).sort_index()
+    return sampling.stratified_sample(manifest, max_points, seed, by="label")
 
 
 def load_images(manifest: pd.DataFrame, size: int) -> np.ndarray:
@@ -397,8 +389,8 @@ def neighbour_statistics(features: np.ndarray, subjects: np.ndarray, labels: np.
         "nearest_is_same_subject": _share(same_subject[:, 0], subject_sizes > 1),
         "same_class_share": round(float((labels[nearest] == labels[:, None]).mean()), 4),
         "same_class_chance": round(float(np.mean((class_sizes - 1) / (count - 1))), 4),
-        "nearest_neighbour_balanced_accuracy": round(_balanced_accuracy(labels, labels[order[:, 0]]), 4),
-        "nearest_other_subject_balanced_accuracy": round(_balanced_accuracy(labels, cross_subject), 4),
+        "nearest_neighbour_balanced_accuracy": round(balanced_accuracy(labels, labels[order[:, 0]]), 4),
+        "nearest_other_subject_balanced_accuracy": round(balanced_accuracy(labels, cross_subject), 4),
         "silhouette_by_subject": _silhouette(features, subjects, silhouette_score),
         "silhouette_by_class": _silhouette(features, labels, silhouette_score),
     }
@@ -407,11 +399,6 @@ def neighbour_statistics(features: np.ndarray, subjects: np.ndarray, labels: np.
 def _share(hits: np.ndarray, eligible: np.ndarray) -> float | None:
     """Return the share of hits among eligible points (None when none is eligible)."""
     return round(float(hits[eligible].mean()), 4) if eligible.any() else None
-
-
-def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Return the mean recall over the classes present in `truth`."""
-    return float(np.mean([np.mean(predicted[truth == name] == name) for name in np.unique(truth)]))
 
 
 def _silhouette(features: np.ndarray, groups: np.ndarray, scorer) -> float | None:
@@ -475,7 +462,7 @@ def feature_map_figure(embeddings: pd.DataFrame, title: str, data_label: str, se
 
 
 def feature_maps(features: np.ndarray, sample: pd.DataFrame, feature_space: str, seed: int) -> pd.DataFrame:
-    """Return the t-SNE and UMAP coordinates of `features` as rows (path, subject_id, label, split, features, method, x, y)."""
+    """Return t-SNE and UMAP maps of `features`: rows of path, subject_id, label, split, features, method, x, y."""
     columns = ["path", "subject_id", "label", "split", *(["slice_index"] if "slice_index" in sample.columns else [])]
     frames = []
     for method, mapper in MAPPERS.items():
@@ -503,15 +490,15 @@ def run_features(manifest: pd.DataFrame, out_dir: str | os.PathLike, data_label:
     spaces = {"pixels": (pixel_scores, pixel_pca, f"raw pixels ({PIXEL_SIZE} px, PCA)"),
               source["feature_space"]: (embedding_scores, embedding_pca, _space_title(source))}
     frames, statistics, written = [], {}, []
-    for name, (scores, pca, title) in spaces.items():
+    for name, (scores, _, title) in spaces.items():
         maps = feature_maps(scores, sample, name, seed)
         frames.append(maps)
         statistics[name] = neighbour_statistics(scores, sample["subject_id"], sample["label"])
-        written.append(storage.save_figure(feature_map_figure(maps, title, data_label, seed), out_dir / f"map_{name}.png"))
+        figure = feature_map_figure(maps, title, data_label, seed)
+        written.append(storage.save_figure(figure, out_dir / f"map_{name}.png"))
     written.append(storage.write_parquet(out_dir / "embeddings.parquet", pd.concat(frames, ignore_index=True)))
     table = pd.DataFrame([{"features": name, **values} for name, values in statistics.items()])
-    with storage.atomic_path(out_dir / "neighbour_statistics.csv") as temporary:
-        table.to_csv(temporary, index=False)
+    storage.write_csv(out_dir / "neighbour_statistics.csv", table)
     record = _record(sample, manifest, data_label, seed, max_points, spaces, source, statistics)
     record["files"] = sorted([path.name for path in written] + ["neighbour_statistics.csv", "summary.json"])
     storage.write_json(out_dir / "summary.json", record)

@@ -2,20 +2,16 @@
 
 The model is loaded in Keras safe mode; the images go through exactly the preprocessing its recipe record
 (models/<name>.json, written by training) describes. Every answer says whether the model was trained on the
-synthetic cohort and that it is for research only. Also `install_kernel`, behind `alzlib install-kernel`.
+synthetic cohort and that it is for research only.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +27,8 @@ MIN_IMAGE_SIDE = 32
 CHUNK_SIZE = 64
 # PIL modes holding more than 8 bits per pixel.
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-KERNEL_NAME_PATTERN = re.compile(r"[a-z0-9._-]+")
+# Every .keras archive holds the model's configuration under this name (with metadata.json and the weights).
+KERAS_CONFIG_MEMBER = "config.json"
 
 
 class ImageError(ValueError):
@@ -92,6 +89,9 @@ def _check_record(record: dict, path: Path) -> dict:
     names = record["class_names"]
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(name, str) for name in names):
         raise ValueError(f"{path}: 'class_names' must list at least two class names, got {names!r}.")
+    if record.get("num_classes", len(names)) != len(names):
+        raise ValueError(f"{path}: num_classes is {record['num_classes']!r} but class_names lists {len(names)}: "
+                         f"expected the recipe record training writes, where they agree.")
     return record
 
 
@@ -110,14 +110,40 @@ def read_record(model_path: str | Path) -> dict:
 
 
 def _check_model_matches(model, record: dict, model_path: Path) -> None:
-    """Raise ValueError when the model's input size or class count disagrees with its record."""
+    """Raise ValueError when the model's architecture, preprocessing, size or class count disagree with its record."""
+    mismatch = f"the record {record_path(model_path)} does not belong to this model"
+    # `architecture` names what was built (a control run has its own `model` name); older records have `model` only.
+    named = (record.get("architecture"), record.get("model"))
+    described = next((name for name in named if name in config.MODEL_NAMES), None)
+    if model.name in config.MODEL_NAMES and described not in (None, model.name):
+        raise ValueError(f"{model_path} holds a {model.name} model but its record describes {described}: {mismatch}.")
+    family = preprocessing.FAMILIES.get(model.name)
+    if family is not None and record["preprocessing"]["family"] != family:
+        raise ValueError(f"{model_path} holds a {model.name} model (preprocessing family {family!r}) but its record "
+                         f"prepares images for the {record['preprocessing']['family']!r} family: {mismatch}.")
     size, classes = int(record["preprocessing"]["image_size"]), len(record["class_names"])
     if tuple(model.input_shape[1:3]) != (size, size):
         raise ValueError(f"{model_path} takes {model.input_shape[1:3]} images but its record says {size} x {size}: "
-                         f"the record does not belong to this model.")
+                         f"{mismatch}.")
     if model.output_shape[-1] != classes:
         raise ValueError(f"{model_path} outputs {model.output_shape[-1]} classes but its record names {classes}: "
-                         f"the record does not belong to this model.")
+                         f"{mismatch}.")
+
+
+def _check_keras_archive(model_path: Path) -> None:
+    """Raise ValueError unless `model_path` is a zip archive holding the config.json every .keras file has."""
+    if not zipfile.is_zipfile(model_path):
+        raise ValueError(f"{model_path} is not a Keras model archive (a .keras file is a zip archive): expected a "
+                         f"model saved by training.")
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            members = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{model_path} is not a Keras model archive ({error}): expected a .keras file saved by "
+                         f"training.") from error
+    if KERAS_CONFIG_MEMBER not in members:
+        raise ValueError(f"{model_path} is not a Keras model archive: it is a zip file without the "
+                         f"{KERAS_CONFIG_MEMBER} a .keras file holds; expected a model saved by training.")
 
 
 def load_predictor(model_path: str | Path) -> Predictor:
@@ -131,16 +157,17 @@ def load_predictor(model_path: str | Path) -> Predictor:
     if model_path.suffix != ".keras":
         raise ValueError(f"{model_path} is not a .keras file: expected a model saved by training "
                          f"(outputs/<profile>/models/<name>.keras).")
-    if not zipfile.is_zipfile(model_path):
-        raise ValueError(f"{model_path} is not a Keras model archive (a .keras file is a zip archive): expected a "
-                         f"model saved by training.")
+    _check_keras_archive(model_path)
     record = read_record(model_path)
     environment.quiet_tensorflow()
     try:
         model = training.load_trained_model(model_path)
-    # Keras reports a file that is not a model archive as ValueError (or OSError from h5py/zipfile).
-    except (ValueError, OSError) as error:
-        raise ValueError(f"{model_path} could not be loaded as a Keras model in safe mode: {error}") from error
+    # What Keras raised on damaged archives (tried: config.json not JSON, not a model, layers cut or mistyped; weights
+    # missing or not HDF5): ValueError, TypeError, RuntimeError (a layer graph it cannot rebuild), KeyError (a missing
+    # member) and OSError (h5py, zipfile).
+    except (ValueError, TypeError, RuntimeError, KeyError, OSError) as error:
+        raise ValueError(f"{model_path} could not be loaded as a Keras model in safe mode "
+                         f"({type(error).__name__}: {error}): expected a .keras model saved by training.") from error
     _check_model_matches(model, record, model_path)
     return Predictor(model=model, record=record, model_path=model_path)
 
@@ -294,31 +321,3 @@ def predict_images(predictor: Predictor, image_paths: Sequence[str | Path], grad
                                        explainer, gradcam_dir, used_names, top) if readable else [])
         entries += [slot if slot is not None else next(answered) for slot in slots]
     return entries
-
-
-# ----------------------------------------------------------------------------------------------- Jupyter kernel
-
-
-def _alzlib_importable_elsewhere() -> bool:
-    """True when this interpreter imports alzlib outside the project folder (a kernel starts in the notebook's)."""
-    with tempfile.TemporaryDirectory() as folder:
-        result = subprocess.run([sys.executable, "-c", "import alzlib"], cwd=folder, capture_output=True, timeout=60,
-                                check=False)
-    return result.returncode == 0
-
-
-def install_kernel(name: str = "alzlib", display_name: str | None = None) -> dict:
-    """Register this interpreter as a Jupyter kernel for the current user; return what was installed.
-
-    When alzlib only imports from the project folder (an install that does not point here), the kernel gets
-    PYTHONPATH set to the project root so notebooks can import it.
-    """
-    from ipykernel import kernelspec
-
-    if not KERNEL_NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"Kernel name {name!r} is not valid: use lower-case letters, digits, '.', '_' or '-'.")
-    display_name = display_name or f"Python ({name})"
-    environment_variables = {} if _alzlib_importable_elsewhere() else {"PYTHONPATH": str(config.PROJECT_ROOT)}
-    folder = kernelspec.install(user=True, kernel_name=name, display_name=display_name, env=environment_variables)
-    return {"name": name, "display_name": display_name, "python": sys.executable, "folder": str(folder),
-            "env": environment_variables}

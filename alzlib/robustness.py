@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import storage
+from alzlib import sampling, storage
+from alzlib.evaluation import soft_vote
+from alzlib.metrics import balanced_accuracy
 
 SEVERITIES = (1, 2, 3, 4, 5)
 CLEAN = "clean"
@@ -198,23 +200,6 @@ def _check_batch(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return images, labels
 
 
-def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Return the mean recall over the classes present in `labels`."""
-    recalls = [np.mean(predictions[labels == label] == label) for label in np.unique(labels)]
-    return float(np.mean(recalls))
-
-
-def _subject_votes(probabilities: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray) -> tuple:
-    """Average probabilities per subject; return (subject labels, subject predictions)."""
-    frame = pd.DataFrame(probabilities).assign(subject=subject_ids, label=labels)
-    label_counts = frame.groupby("subject")["label"].nunique()
-    if (label_counts > 1).any():
-        raise ValueError(f"Subjects with more than one label: {list(label_counts[label_counts > 1].index)[:5]}.")
-    grouped = frame.groupby("subject")
-    mean_probabilities = grouped[list(range(probabilities.shape[1]))].mean().to_numpy()
-    return grouped["label"].first().to_numpy(), mean_probabilities.argmax(axis=1)
-
-
 def _score(probabilities: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray | None) -> dict:
     """Return accuracy and balanced accuracy per image (and per subject when ids are given)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -225,7 +210,8 @@ def _score(probabilities: np.ndarray, labels: np.ndarray, subject_ids: np.ndarra
     scores = {"accuracy": float(np.mean(predictions == labels)),
               "balanced_accuracy": balanced_accuracy(labels, predictions)}
     if subject_ids is not None:
-        subject_labels, subject_predictions = _subject_votes(probabilities, labels, subject_ids)
+        _, subject_labels, subject_probabilities = soft_vote(probabilities, subject_ids, labels)
+        subject_predictions = subject_probabilities.argmax(axis=1)
         scores.update(n_subjects=len(subject_labels),
                       subject_accuracy=float(np.mean(subject_predictions == subject_labels)),
                       subject_balanced_accuracy=balanced_accuracy(subject_labels, subject_predictions))
@@ -356,35 +342,21 @@ def summarise_corruption_errors(errors: pd.DataFrame) -> pd.DataFrame:
 
 
 def sample_test_rows(manifest: pd.DataFrame, count: int, seed: int = 0) -> pd.DataFrame:
-    """Return up to `count` test rows of the manifest, stratified by label (largest-remainder shares)."""
+    """Return up to `count` test rows of the manifest, stratified by label (sampling.stratified_sample)."""
     if count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}.")
     test = manifest[manifest["split"] == "test"]
     if test.empty:
         raise ValueError("The manifest has no test rows to corrupt.")
-    if count >= len(test):
-        return test.reset_index(drop=True)
-    shares = test["label"].value_counts(sort=False) * count / len(test)
-    quotas = np.floor(shares).astype(int)
-    remainder = count - quotas.sum()
-    quotas[(shares - quotas).sort_values(ascending=False).index[:remainder]] += 1
-    parts = [test[test["label"] == label].sample(n=int(quota), random_state=seed) for label, quota in quotas.items()]
-    return pd.concat(parts).sort_index().reset_index(drop=True)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a DataFrame as CSV atomically."""
-    with storage.atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
-    return path
+    return sampling.stratified_sample(test, count, seed, by="label").reset_index(drop=True)
 
 
 def write_robustness_tables(table: pd.DataFrame, errors: pd.DataFrame, directory: str | os.PathLike) -> dict:
     """Write robustness.csv, corruption_errors.csv and mce_summary.csv under `directory`; return their paths."""
     directory = Path(directory)
-    return {"robustness": _write_csv(table, directory / "robustness.csv"),
-            "corruption_errors": _write_csv(errors, directory / "corruption_errors.csv"),
-            "mce_summary": _write_csv(summarise_corruption_errors(errors), directory / "mce_summary.csv")}
+    return {"robustness": storage.write_csv(directory / "robustness.csv", table),
+            "corruption_errors": storage.write_csv(directory / "corruption_errors.csv", errors),
+            "mce_summary": storage.write_csv(directory / "mce_summary.csv", summarise_corruption_errors(errors))}
 
 
 def _with_clean(table: pd.DataFrame, corruption: str, metric: str) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from alzlib import config, environment, preprocessing
+from alzlib.metrics import balanced_accuracy
 from alzlib.storage import atomic_path, read_json, save_figure, write_json
 
 CHECKPOINT_MONITOR = "val_balanced_accuracy"
@@ -83,21 +83,19 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
 
 def validation_scores(labels: np.ndarray, probabilities: np.ndarray, label_smoothing: float = 0.0) -> dict:
     """Return val_loss (the training loss, unweighted), val_accuracy, val_balanced_accuracy and val_macro_f1."""
+    from sklearn.metrics import f1_score
+
     labels = np.asarray(labels, dtype=int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     num_classes = probabilities.shape[1]
     targets = np.eye(num_classes)[labels] * (1.0 - label_smoothing) + label_smoothing / num_classes
     loss = float(-np.mean(np.sum(targets * np.log(np.clip(probabilities, 1e-7, 1.0)), axis=1)))
     predictions = probabilities.argmax(axis=1)
-    present = np.unique(labels)
-    recalls = [np.mean(predictions[labels == label] == label) for label in present]
-    f1_scores = []
-    for label in present:
-        true_positive = np.sum((predictions == label) & (labels == label))
-        denominator = np.sum(predictions == label) + np.sum(labels == label)
-        f1_scores.append(2 * true_positive / denominator if denominator else 0.0)
+    # Macro F1 over the classes present in the val split, like the balanced accuracy: a class the model predicts
+    # but the split lacks would add an F1 of 0 and move the checkpoint rule with the split, not the model.
+    macro_f1 = f1_score(labels, predictions, labels=np.unique(labels), average="macro", zero_division=0)
     return {"val_loss": loss, "val_accuracy": float(np.mean(predictions == labels)),
-            "val_balanced_accuracy": float(np.mean(recalls)), "val_macro_f1": float(np.mean(f1_scores))}
+            "val_balanced_accuracy": balanced_accuracy(labels, predictions), "val_macro_f1": float(macro_f1)}
 
 
 def training_recipe(name: str, profile: config.Profile, replicas: int = 1, gpu: bool = False) -> dict:
@@ -608,45 +606,3 @@ def plot_training_curves(history: dict, title: str = ""):
     axes[2].set_yscale("log")
     figure.suptitle(f"{title} training curves" if title else "training curves")
     return figure
-
-
-# ----------------------------------------------------------------------------------------------- benchmark
-
-
-def benchmark_training(name: str, image_size: int, batch_size: int = 32, steps: int = 4, frozen: bool = False,
-                       steps_per_execution: int | None = None, seed: int = config.DEFAULT_SEED) -> dict:
-    """Time training steps of `name` fed by the tf.data pipeline on random images; return seconds and images/s.
-
-    `frozen` freezes the recipe's layers on a random backbone (what an ImageNet run trains); otherwise every layer
-    trains (the offline fallback). The first fit includes tracing; the second measures the steady state.
-    """
-    from alzlib import models
-
-    environment.set_seeds(seed)
-    configure_precision(False)
-    count = batch_size * steps
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (count, image_size, image_size), dtype=np.uint8)
-    labels = rng.integers(0, 4, count)
-    recipe = training_recipe(name, config.PROFILES["cpu"])
-    if steps_per_execution is not None:
-        recipe["steps_per_execution"] = steps_per_execution
-    model, info = models.build_model(name, 4, image_size, weights="none")
-    if frozen and name in models.FROZEN_LAYERS:
-        info.update(models.freeze_layers(model.get_layer(info["backbone"]), models.FROZEN_LAYERS[name]))
-    compile_model(model, recipe)
-    one_hot = recipe["loss"]["labels"] == "one-hot"
-    targets = np.eye(4, dtype=np.float32)[labels] if one_hot else labels
-    dataset = preprocessing.make_dataset(images, targets, preprocessing.preprocessing_spec(name, image_size), True,
-                                         batch_size, seed, np.ones(count, dtype=np.float32))
-    timings = []
-    for _ in range(2):
-        wall, cpu = time.perf_counter(), time.process_time()
-        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-        timings.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return {"model": name, "image_size": image_size, "batch_size": batch_size, "steps": steps,
-            "trainable_layers": "recipe (frozen backbone part)" if frozen else "all",
-            "trainable_parameters": models.parameter_counts(model)["trainable_parameters"],
-            "steps_per_execution": recipe["steps_per_execution"], "first_fit_seconds": round(timings[0][0], 2),
-            "steady_seconds": round(timings[1][0], 2), "images_per_second": round(count / timings[1][0], 2),
-            "steady_cpu_seconds": round(timings[1][1], 2), "load_average": [round(value, 2) for value in os.getloadavg()]}

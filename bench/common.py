@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,7 @@ def library_versions() -> dict:
 
 def machine_record(hardware: dict | None = None) -> dict:
     """Return what every benchmark records about where and how it ran."""
-    return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"started": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "python": platform.python_version(), "hardware": hardware or environment.hardware(),
             "libraries": library_versions(), "git_commit": environment.git_commit(),
@@ -187,7 +187,7 @@ def _synthetic_slice(rng: np.random.Generator, class_index: int) -> np.ndarray:
 
 
 def make_image_folder(root: Path, count: int, seed: int = 0) -> Path:
-    """Write `count` Kaggle-like 176x208 greyscale JPEGs as <root>/<Class>/*.jpg (class mix as Kaggle's); return root."""
+    """Write `count` Kaggle-like 176x208 greyscale JPEGs as <root>/<Class>/*.jpg (Kaggle's class mix); return root."""
     import cv2
 
     if count < len(KAGGLE_CLASS_SHARES):

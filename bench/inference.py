@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Inference latency (batch 1) and throughput (batch 32) per model, measured as notebook 11 measures it.
 
-    python bench/inference.py                                    # all four models at the cpu and full sizes (64, 224 px)
+    python bench/inference.py                                   # all four models at the cpu and full sizes (64, 224 px)
     python bench/inference.py --sizes 64 --models baseline_cnn,efficientnetb0 --repeats 10
 
 Each model is built with random weights (speed does not depend on the weight values) and timed with
@@ -17,7 +17,6 @@ import argparse
 import time
 
 import common
-
 from alzlib import config
 
 NUM_CLASSES = 4

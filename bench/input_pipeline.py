@@ -27,9 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 
+import common
 from alzlib import config, preprocessing
 
 LOADERS = ("ours", "candidate_grey_augment", "imagedatagenerator", "image_dataset_from_directory")
@@ -72,7 +72,7 @@ def drain(dataset) -> int:
 
 
 def run_ours(paths: list[str], labels: list[int], spec: dict, arguments: argparse.Namespace) -> dict:
-    """Time our loader: epoch 1 decodes into the uint8 cache (a fresh cache folder) and iterates; later epochs iterate."""
+    """Time our loader: epoch 1 decodes into the uint8 cache (a fresh folder) and iterates; later epochs iterate."""
     manifest = common.manifest_of(paths, labels)
     cache_dir = Path(tempfile.mkdtemp(prefix="alzlib_bench_cache_"))
     try:
@@ -80,7 +80,8 @@ def run_ours(paths: list[str], labels: list[int], spec: dict, arguments: argpars
         images = preprocessing.load_image_cache(manifest, arguments.image_size, cache_dir)
         decode_seconds = time.perf_counter() - started
         # What a later session pays: the .npy file is already on disk.
-        reload_seconds = common.time_call(lambda: preprocessing.load_image_cache(manifest, arguments.image_size, cache_dir))
+        reload_seconds = common.time_call(
+            lambda: preprocessing.load_image_cache(manifest, arguments.image_size, cache_dir))
         dataset = preprocessing.make_dataset(images, np.asarray(labels), spec, True, arguments.batch_size,
                                              arguments.seed)
         seconds = time_epochs(lambda: drain(dataset), arguments.epochs)
@@ -192,12 +193,13 @@ def run_image_dataset_from_directory(root: Path, spec: dict, arguments: argparse
 
 
 def summarise(results: dict, count: int) -> list[dict]:
-    """Return one table row per loader and epoch: seconds, images/s and how many times faster ours (and the candidate) is."""
+    """Return one row per loader and epoch: seconds, images/s and how many times faster ours (and the candidate) is."""
     rows = []
     for loader, result in results.items():
         for epoch, seconds in enumerate(result["epoch_seconds"], start=1):
             row = {"loader": loader, "epoch": epoch, "seconds": seconds, "images_per_second": count / seconds}
-            for reference, column in (("ours", "ours_times_faster"), ("candidate_grey_augment", "candidate_times_faster")):
+            references = (("ours", "ours_times_faster"), ("candidate_grey_augment", "candidate_times_faster"))
+            for reference, column in references:
                 if reference in results and loader not in ("ours", "candidate_grey_augment"):
                     row[column] = row["seconds"] / results[reference]["epoch_seconds"][epoch - 1]
             rows.append(row)
@@ -226,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results, len(paths))
     common.print_table(rows, ["loader", "epoch", "seconds", "images_per_second", "ours_times_faster",
                               "candidate_times_faster"],
-                       f"Input pipeline, {len(paths)} images at {arguments.image_size} px, batch {arguments.batch_size}, "
-                       f"{spec['family']} augmentation (load average at start {machine['load_average_at_start']})")
+                       f"Input pipeline, {len(paths)} images at {arguments.image_size} px, "
+                       f"batch {arguments.batch_size}, {spec['family']} augmentation (load average at start "
+                       f"{machine['load_average_at_start']})")
     if "ours" in results:
         print(f"ours: decode into the uint8 cache {results['ours']['cache_decode_seconds']:.2f} s, reload from disk "
               f"{results['ours']['cache_reload_seconds']:.3f} s, cache {results['ours']['cache_megabytes']:.1f} MB")

@@ -26,9 +26,9 @@ import platform
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 
+import common
 from alzlib import config
 
 NUM_CLASSES = 4
@@ -65,7 +65,8 @@ def select_jax_backend() -> None:
     """Make Keras use JAX; raise ValueError if another backend was asked for or Keras is already imported."""
     requested = os.environ.get("KERAS_BACKEND", "jax")
     if requested != "jax":
-        raise ValueError(f"KERAS_BACKEND={requested!r}: this benchmark runs on the JAX backend only (unset it or set jax).")
+        raise ValueError(f"KERAS_BACKEND={requested!r}: this benchmark runs on the JAX backend only (unset it or set "
+                         f"jax).")
     import sys
 
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != "jax":
@@ -77,7 +78,10 @@ def source_constant(path: Path, name: str):
     """Return the literal value assigned to module-level `name` in a Python source file, without importing it."""
     tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else []
         if any(isinstance(target, ast.Name) and target.id == name for target in targets):
             return ast.literal_eval(node.value)
     raise ValueError(f"{path} assigns no literal constant {name!r}: the JAX benchmark reads the recipe from there.")
@@ -115,8 +119,8 @@ def compile_like_training(model, name: str, gpu: bool) -> dict:
     one_hot = recipe["loss"]["labels"] == "one-hot"
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=recipe["loss"]["label_smoothing"]) if one_hot
             else keras.losses.SparseCategoricalCrossentropy())
-    accuracy = keras.metrics.CategoricalAccuracy(name="accuracy") if one_hot else keras.metrics.SparseCategoricalAccuracy(
-        name="accuracy")
+    accuracy_metric = keras.metrics.CategoricalAccuracy if one_hot else keras.metrics.SparseCategoricalAccuracy
+    accuracy = accuracy_metric(name="accuracy")
     # JAX always compiles the train step with XLA; jit_compile=True states it (False would run op by op).
     model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], steps_per_execution=steps_per_execution,
                   jit_compile=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 import common
-
 from alzlib import config
 from alzlib.storage import read_json
 

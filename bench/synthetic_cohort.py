@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import common
-
 from alzlib import config, synthetic
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput per model (images/s, batch 32): fed by our tf.data pipeline and by in-memory tensors.
 
-    python bench/train_step.py                                   # all four models at the cpu and full sizes (64, 224 px)
+    python bench/train_step.py                                  # all four models at the cpu and full sizes (64, 224 px)
     python bench/train_step.py --sizes 64 --models baseline_cnn,efficientnetb0
     python bench/train_step.py --sizes 64 --models baseline_cnn --steps-per-execution 1
 
@@ -25,9 +25,9 @@ import argparse
 import time
 from pathlib import Path
 
-import common
 import numpy as np
 
+import common
 from alzlib import config, preprocessing
 
 NUM_CLASSES = 4
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         images = preprocessing.decode_images(chosen, size)
         for name in arguments.models:
             rows.append(benchmark_model(name, size, images, arguments))
-    common.print_table(rows, ["model", "image_size", "steps", "pipeline_first_fit_seconds", "pipeline_images_per_second",
-                              "tensors_images_per_second", "pipeline_overhead"],
+    common.print_table(rows, ["model", "image_size", "steps", "pipeline_first_fit_seconds",
+                              "pipeline_images_per_second", "tensors_images_per_second", "pipeline_overhead"],
                        f"Training throughput, batch {arguments.batch_size} (load average at start "
                        f"{machine['load_average_at_start']})")
     common.write_result("train_step", arguments.output, {

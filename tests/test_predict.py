@@ -1,16 +1,17 @@
-"""Tests of alzlib.predict and the `python -m alzlib` command, on an untrained baseline CNN with a written record."""
+"""Tests of the `python -m alzlib` command: predict (an untrained baseline CNN with its record) and install-kernel."""
 
 import dataclasses
 import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from alzlib import config, models, predict, preprocessing
+from alzlib import config, kernels, models, predict, preprocessing
 from alzlib.__main__ import main
 from alzlib.storage import write_json
 from fixtures import save_image, simple_image, write_accepted_variants, write_bad_files
@@ -187,7 +188,7 @@ def test_usage_errors_exit_2_with_one_line_that_names_the_problem(model_path, go
     assert "lacks preprocessing, synthetic" in usage_error(["predict", image, "--model", str(partial)], capsys)
     mismatched = tmp_path / "mismatched.keras"
     mismatched.write_bytes(model_path.read_bytes())
-    write_record(mismatched, class_names=["NC", "AD"])
+    write_record(mismatched, class_names=["NC", "AD"], num_classes=2)
     assert "outputs 4 classes but its record names 2" in usage_error(
         ["predict", image, "--model", str(mismatched)], capsys)
     assert "--top must be between 1 and 4" in usage_error(["predict", image, "--model", str(model_path), "--top",
@@ -195,6 +196,54 @@ def test_usage_errors_exit_2_with_one_line_that_names_the_problem(model_path, go
     assert "is a file" in usage_error(["predict", image, "--model", str(model_path), "--gradcam", image], capsys)
     assert "required: --model" in usage_error(["predict", image], capsys)
     assert "invalid choice" in usage_error(["classify", image], capsys)
+
+
+def test_a_zip_that_is_not_a_keras_model_is_refused_in_one_line(model_path, good_images, tmp_path, capsys):
+    image = str(good_images[0])
+    archive = tmp_path / "some.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("notes.txt", "not a model")
+    assert "some.zip is not a .keras file" in usage_error(["predict", image, "--model", str(archive)], capsys)
+    renamed = tmp_path / "renamed.keras"
+    renamed.write_bytes(archive.read_bytes())
+    write_record(renamed)
+    message = usage_error(["predict", image, "--model", str(renamed)], capsys)
+    assert "renamed.keras is not a Keras model archive" in message and "config.json" in message
+    with zipfile.ZipFile(model_path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    for name, changes in {"garbled": {"config.json": b"not json"}, "weightless": {"model.weights.h5": None}}.items():
+        damaged = tmp_path / f"{name}.keras"
+        with zipfile.ZipFile(damaged, "w") as handle:
+            for member, content in {**members, **changes}.items():
+                if content is not None:
+                    handle.writestr(member, content)
+        write_record(damaged)
+        message = usage_error(["predict", image, "--model", str(damaged)], capsys)
+        assert f"{name}.keras could not be loaded as a Keras model" in message
+
+
+def test_a_record_of_another_model_is_refused(model_path, good_images, tmp_path, capsys):
+    image = str(good_images[0])
+    copies = {}
+    for name in ("resnet", "family", "count"):
+        copies[name] = tmp_path / f"{name}.keras"
+        copies[name].write_bytes(model_path.read_bytes())
+    # A ResNet50 record at the same size and class count: labels and preprocessing would fit, the weights would not.
+    write_record(copies["resnet"], model="resnet50", architecture="resnet50",
+                 preprocessing=preprocessing.preprocessing_spec("resnet50", IMAGE_SIZE))
+    message = usage_error(["predict", image, "--model", str(copies["resnet"])], capsys)
+    assert "holds a baseline_cnn model but its record describes resnet50" in message and "resnet.json" in message
+    write_record(copies["family"], preprocessing=preprocessing.preprocessing_spec("efficientnetb0", IMAGE_SIZE))
+    assert "prepares images for the 'efficientnet' family" in usage_error(
+        ["predict", image, "--model", str(copies["family"])], capsys)
+    write_record(copies["count"], num_classes=3)
+    assert "num_classes is 3 but class_names lists 4" in usage_error(
+        ["predict", image, "--model", str(copies["count"])], capsys)
+    # A control run's record names its own model and the architecture it was built as: accepted.
+    control = tmp_path / "baseline_cnn_random_labels.keras"
+    control.write_bytes(model_path.read_bytes())
+    write_record(control, model="baseline_cnn_random_labels")
+    assert predict.load_predictor(control).name == "baseline_cnn_random_labels"
 
 
 def test_python_dash_m_alzlib_predict_runs_the_entry_point(model_path, good_images, tmp_path):
@@ -228,8 +277,8 @@ def test_install_kernel_registers_this_interpreter_with_alzlib_importable(tmp_pa
 
 def test_install_kernel_points_pythonpath_at_the_project_when_alzlib_imports_only_there(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
-    monkeypatch.setattr(predict, "_alzlib_importable_elsewhere", lambda: False)
-    installed = predict.install_kernel("alzlib-path")
+    monkeypatch.setattr(kernels, "_alzlib_importable_elsewhere", lambda: False)
+    installed = kernels.install_kernel("alzlib-path")
     spec = json.loads((tmp_path / "jupyter" / "kernels" / "alzlib-path" / "kernel.json").read_text())
     assert spec["env"] == installed["env"] == {"PYTHONPATH": str(config.PROJECT_ROOT)}
     check = subprocess.run([spec["argv"][0], "-c", "import alzlib; print(alzlib.__file__)"], cwd=tmp_path,

@@ -1,6 +1,8 @@
-"""The project's own files: environment.yml agrees with pyproject.toml; notebooks keep the house frame."""
+"""The project's own files: pyproject.toml declares what the code imports, environment.yml agrees; notebook frames."""
 
+import ast
 import re
+import sys
 import tomllib
 
 import nbformat
@@ -11,26 +13,94 @@ from alzlib import config
 
 PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC"]
 NOTEBOOKS = sorted(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+# Import names that differ from the distribution that provides them.
+DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml",
+                 "umap": "umap-learn"}
+# Declared but never imported by name: what each is for.
+USED_WITHOUT_IMPORT = {
+    "pyarrow": "pandas' Parquet engine (storage.write_parquet, read_parquet)",
+    "jupyterlab": "the notebook interface the README starts",
+    "tensorboard": "Keras' TensorBoard callback writes its logs (training.tensorboard_available)",
+}
+# Modules of this project imported by bare name: tests/fixtures.py, the root conftest.py and run_all.py.
+LOCAL_MODULES = {"fixtures", "conftest", "run_all"}
+
+
+def normalised(name):
+    """Return a distribution name in PEP 503 form (lower case, runs of -_. as one -)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def split_requirement(text):
-    """Split 'name>=1.2' into ('name', '>=1.2'), dropping extras."""
+    """Split 'name>=1.2' into ('name', '>=1.2'), dropping extras; the name in PEP 503 form."""
     match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)$", text)
-    return match.group(1).lower(), match.group(3).replace(" ", "")
+    return normalised(match.group(1)), match.group(3).replace(" ", "")
+
+
+def project():
+    """Return the [project] table of pyproject.toml."""
+    return tomllib.loads((config.PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+
+
+def declared(*extras):
+    """Return the names of the distributions pyproject.toml requires, with those of `extras`."""
+    table = project()
+    texts = table["dependencies"] + [text for extra in extras for text in table["optional-dependencies"][extra]]
+    return {split_requirement(text)[0] for text in texts}
+
+
+def third_party_imports(folder):
+    """Return {distribution: files} for each absolute import of a non-standard, non-local module under `folder`."""
+    found = {}
+    for path in sorted((config.PROJECT_ROOT / folder).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "alzlib" and top not in LOCAL_MODULES:
+                    found.setdefault(normalised(DISTRIBUTIONS.get(top, top)), set()).add(path.name)
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    # TensorFlow comes from the `cpu` or `gpu` extra, whichever the machine needs.
+    runtime = declared("cpu", "gpu") | {"tensorflow"}
+    undeclared = {name: files for name, files in third_party_imports("alzlib").items() if name not in runtime}
+    assert undeclared == {}, "imported by alzlib but not in pyproject.toml's dependencies"
+    for_tests = runtime | declared("dev")
+    undeclared = {name: files for name, files in third_party_imports("tests").items() if name not in for_tests}
+    assert undeclared == {}, "imported by the tests but in neither the dependencies nor the dev extra"
+
+
+def test_every_declared_dependency_is_used():
+    imported = set(third_party_imports("alzlib")) | set(third_party_imports("tests"))
+    unused = declared() - imported - set(USED_WITHOUT_IMPORT)
+    assert unused == set(), "declared in pyproject.toml but imported nowhere: remove them or say why they are needed"
+
+
+def test_requires_python_admits_only_versions_the_code_runs_on():
+    # tomllib (these tests), datetime.UTC (the benchmarks) and environment.yml's python=3.11.
+    assert project()["requires-python"] == ">=3.11"
 
 
 def test_environment_yml_agrees_with_pyproject():
-    project = tomllib.loads((config.PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    wanted = dict(split_requirement(text) for text in project["dependencies"])
+    table = project()
+    wanted = dict(split_requirement(text) for text in table["dependencies"])
     for extra in ("cpu", "dev"):
-        wanted.update(split_requirement(text) for text in project["optional-dependencies"][extra])
+        wanted.update(split_requirement(text) for text in table["optional-dependencies"][extra])
     environment = yaml.safe_load((config.PROJECT_ROOT / "environment.yml").read_text())
     listed = {}
     for entry in environment["dependencies"]:
         items = entry["pip"] if isinstance(entry, dict) else [entry]
         for item in items:
             if not item.startswith("-e"):
-                name, version = split_requirement(item.replace("=", "==", 1) if re.match(r"^[\w\-]+=\d", item) else item)
+                conda_pin = re.match(r"^[\w\-]+=\d", item)
+                name, version = split_requirement(item.replace("=", "==", 1) if conda_pin else item)
                 listed[name] = version
     assert {name: listed.get(name) for name in wanted} == wanted
     assert listed["python"] == "==3.11"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +114,22 @@ def test_evaluate_robustness_scores_every_model_corruption_and_severity():
     pd.testing.assert_frame_equal(table, again)
 
 
+def test_scores_average_recall_over_the_classes_present_without_warning():
+    images, labels, subjects = make_cohort()
+
+    def three_classes(batch):
+        """Class 0 for dim images, class 2 (no one's label: no recall, must not count) for bright ones."""
+        return np.where(mean_intensity_predictor(batch)[:, 1:] > 0.5, [0.1, 0.1, 0.8], [0.8, 0.1, 0.1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = robustness.evaluate_robustness(three_classes, images, labels, subject_ids=subjects,
+                                               corruptions=["gamma"], severities=[1])
+    clean = table.iloc[0]
+    assert clean["accuracy"] == 0.5 and clean["balanced_accuracy"] == 0.5  # recalls 1 (class 0) and 0 (class 1)
+    assert clean["subject_accuracy"] == 0.5 and clean["subject_balanced_accuracy"] == 0.5
+
+
 def test_evaluate_robustness_rejects_bad_inputs():
     images, labels, _ = make_cohort()
     with pytest.raises(ValueError, match="images_uint8"):
@@ -197,6 +215,10 @@ def test_sample_test_rows_is_stratified_and_seeded():
     assert set(sample["split"]) == {"test"}
     pd.testing.assert_frame_equal(sample, robustness.sample_test_rows(manifest, 8, seed=1))
     assert len(robustness.sample_test_rows(manifest, 100)) == 40
+    # A class too small for its share of the sample still gets one image (sampling.stratified_sample).
+    with_rare = pd.concat([manifest, pd.DataFrame({"label": ["C"], "split": ["test"], "path": ["rare.jpg"]})])
+    assert robustness.sample_test_rows(with_rare, 8, seed=1)["label"].value_counts().to_dict() == {"A": 5, "B": 2,
+                                                                                                  "C": 1}
     with pytest.raises(ValueError, match="no test rows"):
         robustness.sample_test_rows(manifest[manifest["split"] == "train"], 3)
 
