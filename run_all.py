@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alzlib import config, environment, runner
+from alzlib import config, environment, freshness, runner
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
                   "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic}
     try:
-        config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
-                             arguments.weights, arguments.deterministic)
+        settings = config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
+                                        arguments.weights, arguments.deterministic)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Profile {profile.name} ({profile.description}); data: "
                   f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; outputs: {paths.root}",
                   flush=True)
+            problem = stale_inputs(settings, steps)
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                return 2
             return run_and_report(steps, paths, parameters, arguments)
     except runner.OutputsLocked as refusal:
         print(f"error: {refusal}", file=sys.stderr)
@@ -83,15 +87,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def stale_inputs(settings: config.Settings, steps: list[runner.NotebookStep]) -> str | None:
+    """Return why the selected notebooks cannot start from the manifest on disk, or None (always None when 01 runs)."""
+    # Checked before any kernel starts; each notebook checks again (pipeline.load_manifest) when run on its own.
+    if runner.INGESTION_NUMBER in {step.number for step in steps}:
+        return None
+    try:
+        freshness.read_checked_report(settings)
+    except (freshness.StaleManifest, FileNotFoundError) as error:
+        return str(error)
+    return None
+
+
 def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, parameters: dict,
                    arguments: argparse.Namespace) -> int:
     """Run the notebooks, then rebuild the report if the run made one; return the exit code."""
     try:
         summary = runner.run_pipeline(steps, paths, parameters, kernel=arguments.kernel, resume=arguments.resume)
     except runner.NotebookFailed as failure:
+        print_warnings(runner.load_summary(paths))
         print(f"error: {failure}", file=sys.stderr)
         return 1
-    print(f"Done in {summary['total_seconds']:.0f} s. Timings: {paths.run_summary}")
+    print_warnings(summary)
+    print(f"Done in {summary['total_seconds']:.0f} s{compared_with_estimate(summary)}. Timings: {paths.run_summary}")
     if paths.report.is_file():
         # Rebuilt here so the report links every executed notebook, 13_final_report's own page included.
         from alzlib import report
@@ -100,6 +118,23 @@ def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, 
         report.build_report(paths)
         print(f"Report: {paths.report}")
     return 0
+
+
+def print_warnings(summary: dict) -> None:
+    """Print the run's warnings (split warnings, skipped files, missing models...) in one block."""
+    warnings = runner.collect_warnings(summary)
+    if warnings:
+        print(f"Warnings ({len(warnings)}):", *(f"  {warning}" for warning in warnings), sep="\n")
+
+
+def compared_with_estimate(summary: dict) -> str:
+    """Return ' (05-13: 31 min, estimated 27 to 45 min)' when the run recorded an estimate, else ''."""
+    estimate = summary.get("estimate")
+    if not estimate or estimate.get("actual_seconds") is None:
+        return ""
+    numbers = list(estimate["notebooks"])
+    return (f" ({numbers[0]}-{numbers[-1]}: {runner.format_duration(estimate['actual_seconds'])}, estimated "
+            f"{runner.format_duration(estimate['low_seconds'])} to {runner.format_duration(estimate['high_seconds'])})")
 
 
 if __name__ == "__main__":

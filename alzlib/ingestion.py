@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from alzlib import config, splits
+from alzlib import config, freshness, splits
 from alzlib.grouping import components, similarity_groups, unit_rows
 from alzlib.storage import write_json, write_parquet
 
@@ -680,6 +680,8 @@ def _count(frame: pd.DataFrame, column: str) -> dict:
 
 def build_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
     """Ingest `settings.data_dir`; write manifest.parquet and ingestion_report.json; return both."""
+    # Taken before the scan: a file added while ingestion runs makes the manifest stale, never silently current.
+    fingerprint = freshness.manifest_fingerprint(settings)
     scan = scan_dataset(settings.data_dir)
     frame, features, extras = _manifest_frame(scan)
     subject, shipped = choose_split(frame, settings.split, settings.seed)
@@ -687,7 +689,7 @@ def build_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
     frame["split"] = {"subject": subject, "shipped": shipped,
                       "slice": splits.slice_split(frame, settings.seed) if settings.split == "slice" else None
                       }[settings.split]
-    report = build_report(frame, features, scan, extras, settings)
+    report = {**build_report(frame, features, scan, extras, settings), "fingerprint": fingerprint}
     manifest = frame[list(MANIFEST_COLUMNS)].reset_index(drop=True)
     manifest["slice_index"] = manifest["slice_index"].astype("Int64")
     write_parquet(settings.paths.manifest, manifest)

@@ -1,21 +1,22 @@
-"""What every notebook after ingestion starts from: the manifest, its report and how to label results."""
+"""What every notebook after ingestion starts from (the checked manifest, its report, result labels) and what each
+notebook tells the console when it ends (its headline)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from alzlib import config
-from alzlib.storage import read_json, read_parquet
+from alzlib import config, freshness
+from alzlib.storage import read_json, read_parquet, write_json
 
 SYNTHETIC_LABEL = "synthetic cohort"
 
 
 def load_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
-    """Return the manifest and ingestion report written by notebook 01 for this profile."""
-    if not settings.paths.manifest.is_file():
-        raise FileNotFoundError(f"{settings.paths.manifest} does not exist: run 01_dataset_ingestion with "
-                                f"PROFILE={settings.profile.name!r} first (python run_all.py --only 01).")
-    return read_parquet(settings.paths.manifest), read_json(settings.paths.ingestion_report)
+    """Return notebook 01's manifest and report; raise StaleManifest if made from other data, split or seed."""
+    ingestion_report = freshness.read_checked_report(settings)
+    return read_parquet(settings.paths.manifest), ingestion_report
 
 
 def is_synthetic(ingestion_report: dict) -> bool:
@@ -72,3 +73,174 @@ def probability_function(model, spec: dict, batch_size: int = 32):
         return evaluation.predict_probabilities(model, evaluation.prepare_for_model(images, spec), batch_size)
 
     return predict
+
+
+# ------------------------------------------------------------------ headlines: each notebook's news for the console
+HEADLINES_FOLDER = "headlines"
+
+
+def headline_path(paths: config.OutputPaths, notebook: str) -> Path:
+    """Return where notebook `notebook` (e.g. '05_train_baseline_cnn') writes its headline."""
+    return paths.root / HEADLINES_FOLDER / f"{notebook}.json"
+
+
+def write_headline(settings: config.Settings, notebook: str, text: str, warnings: list[str] | None = None) -> Path:
+    """Write the one-line headline and warnings the runner prints after `notebook` succeeds; return the path."""
+    return write_json(headline_path(settings.paths, notebook), {"notebook": notebook, "headline": text,
+                                                                "warnings": list(warnings or [])})
+
+
+def _read_optional(path: Path) -> dict:
+    return read_json(path) if path.is_file() else {}
+
+
+def _interval(estimate: float, low: float | None, high: float | None) -> str:
+    bounds = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{estimate:.2f}{bounds}"
+
+
+def ingestion_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 01's headline (images, subjects, skips) and warnings (split, skips, grouping, leakage)."""
+    report = read_json(settings.paths.ingestion_report)
+    counts, policy = report["counts"], report.get("split_policy", "subject")
+    warnings = list(report.get("split_warnings", []))
+    if counts["skipped"]:
+        warnings.append(f"{counts['skipped']} files skipped (reasons in {settings.paths.ingestion_report})")
+    confidence = (report.get("subject_grouping") or {}).get("confidence") or {}
+    if confidence.get("level") == "low":
+        warnings.append(f"pseudo-subject grouping confidence low: {confidence.get('reason', '')}")
+    audit = (report.get("leakage_audit") or {}).get(policy) or {}
+    if audit.get("leaks"):
+        warnings.append(f"leakage audit of the {policy} split trips on {', '.join(audit.get('tripped_by', []))}")
+    return (f"{counts['images']:,} images, {counts['subjects']:,} subjects, {counts['skipped']:,} skipped "
+            f"({data_label(report)})", warnings)
+
+
+def eda_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 02's headline (the shortcut audit's result) and warnings."""
+    summary = read_json(settings.paths.eda / "summary.json")
+    audit = summary.get("shortcut_audit", {})
+    warnings = [audit["sentence"]] if audit.get("warning") else []
+    if summary.get("subjects_with_several_labels"):
+        warnings.append(f"{len(summary['subjects_with_several_labels'])} subjects carry more than one label")
+    if summary.get("unreadable"):
+        warnings.append(f"{len(summary['unreadable'])} images could not be read for the EDA")
+    verdict = ("SHORTCUT found" if audit.get("warning") else "no shortcut") if audit.get("ran") else "audit not run"
+    score = f" ({audit['score']:.2f}, chance {audit['chance']:.2f})" if audit.get("ran") else ""
+    return f"{summary['images']:,} images, {summary['subjects']:,} subjects; shortcut audit: {verdict}{score}", warnings
+
+
+def preprocessing_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 03's headline (the cache's size)."""
+    summary = read_json(settings.paths.preprocessing / "summary.json")
+    return (f"{summary['images']:,} images cached at {summary['image_size']} px ({summary['cache_megabytes']} MB)",
+            [])
+
+
+def features_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 04's headline (points mapped, feature source) and a warning when CNN features fell back."""
+    summary = read_json(settings.paths.features / "summary.json")
+    fallback = summary.get("embedding_source", {}).get("kind") == "fallback"
+    warnings = ["no CNN embedding (no ImageNet weights): the maps use whitened-patch k-means features"
+                ] if fallback else []
+    return (f"{summary['points']:,} of {summary['images_available']:,} images mapped, {summary['subjects']:,} "
+            f"subjects{'; patch features, no CNN embedding' if fallback else ''}", warnings)
+
+
+def training_headline(settings: config.Settings, model: str) -> tuple[str, list[str]]:
+    """Return a training notebook's headline (best validation balanced accuracy) and warnings from its record."""
+    record = _read_optional(settings.paths.models / f"{model}.json")
+    if not record:
+        return f"{model} not trained", [f"{settings.paths.models / model}.json was not written"]
+    best = record.get("best_validation") or {}
+    warnings = [f"{model} stopped early: the loss became NaN"] if record.get("stopped_by_nan") else []
+    weights = str(record.get("weights", ""))
+    if model != "baseline_cnn" and settings.weights != "none" and weights.startswith("random"):
+        warnings.append(f"{model} trained from random weights, not ImageNet's (why: 'weights' in "
+                        f"{settings.paths.models / model}.json)")
+    score = best.get("val_balanced_accuracy")
+    text = f"val balanced accuracy {score:.2f}" if score is not None else "no validation score"
+    return (f"{text} (best epoch {record.get('best_epoch')} of {record.get('epochs_run')}, "
+            f"{record.get('training_seconds', 0):.0f} s training)", warnings)
+
+
+def control_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return the random-label control's test score with its interval, and a warning for each random-label cell
+    of the leakage demonstration that scores above chance."""
+    demonstration = _read_optional(settings.paths.evaluation / "leakage_demonstration.json")
+    cells = [cell for cell in demonstration.get("cells", []) if cell.get("labels") == "random"]
+    own = next((cell for cell in cells if cell.get("run_split")), None)
+    if own is None:
+        return "random-label control not run", ["leakage_demonstration.json has no random-label cell for this split"]
+    warnings = [f"random-label control above chance under the {cell['split_policy']} split "
+                f"({_interval(cell['balanced_accuracy'], cell['low'], cell['high'])}, chance {cell['chance']:.2f})"
+                f"{': the split leaks' if cell['split_policy'] == settings.split else ''}"
+                for cell in cells if cell.get("above_chance")]
+    return (f"random-label control {_interval(own['balanced_accuracy'], own['low'], own['high'])} "
+            f"(chance {own['chance']:.2f})", warnings)
+
+
+def baseline_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 05's headline: the baseline CNN's validation score and the random-label control's."""
+    training, training_warnings = training_headline(settings, "baseline_cnn")
+    control, control_warnings = control_headline(settings)
+    return f"{training}; {control}", training_warnings + control_warnings
+
+
+def evaluation_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 09's headline (best test score, the control's verdict) and warnings."""
+    summary = read_json(settings.paths.evaluation / "summary.json")
+    rows = [row for row in summary["rows"] if row["level"] == "slice" and row["model"] != config.CONTROL_MODEL_NAME]
+    warnings = [f"{entry['model']} not evaluated" for entry in summary.get("missing", [])]
+    control = summary.get("random_label_control", {})
+    if "verdict" in control:
+        verdict = control["verdict"].split(":")[0]
+        score = _interval(control["estimate"], control["low"], control["high"])
+        control_text = f"random-label control {score}: {verdict}"
+        if control.get("tripped") or not control.get("conclusive", True):
+            warnings.append(f"random-label control {control['verdict']}")
+    else:
+        control_text = "random-label control not checked"
+        warnings.append(f"random-label control not checked: {control.get('skipped', 'no result')}")
+    if not rows:
+        return f"no model evaluated; {control_text}", warnings
+    best = max(rows, key=lambda row: row["balanced_accuracy"])
+    score = _interval(best["balanced_accuracy"], best["balanced_accuracy_low"], best["balanced_accuracy_high"])
+    return f"best test balanced accuracy {best['model']} {score}; {control_text}", warnings
+
+
+def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 10's headline: the models explained and their randomisation check (lower is better)."""
+    table = pd.read_csv(settings.paths.gradcam / "summary.csv")
+    scores = ", ".join(f"{row.model} {row.randomisation_mean_signed_spearman:.2f}" for row in table.itertuples())
+    return (f"Grad-CAM of {len(table)} models; trained vs re-initialised maps, signed Spearman (lower is better): "
+            f"{scores}", [])
+
+
+def comparison_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 11's headline: the models compared, the most accurate and the fastest."""
+    record = read_json(settings.paths.comparison / "comparison.json")
+    table = pd.read_csv(settings.paths.comparison / "table.csv")
+    parts = [f"{len(table)} models compared"]
+    if "balanced_accuracy" in table and table["balanced_accuracy"].notna().any():
+        best = table.loc[table["balanced_accuracy"].idxmax()]
+        parts.append(f"most accurate {best['model']} ({best['balanced_accuracy']:.2f})")
+    if "latency_ms_median" in table and table["latency_ms_median"].notna().any():
+        fastest = table.loc[table["latency_ms_median"].idxmin()]
+        parts.append(f"fastest {fastest['model']} ({fastest['latency_ms_median']:.1f} ms per image)")
+    return "; ".join(parts), [f"{entry['model']} not compared" for entry in record.get("skipped", [])]
+
+
+def robustness_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 12's headline: the model with the lowest mean corruption error."""
+    table = pd.read_csv(settings.paths.robustness / "mce_summary.csv").dropna(subset=["mce"])
+    if table.empty:
+        return "no corruption error defined", ["robustness: every model's clean or corrupted error was undefined"]
+    best = table.loc[table["mce"].idxmin()]
+    return f"most robust {best['model']} (mCE {best['mce']:.0f} vs baseline_cnn 100) of {len(table)} models", []
+
+
+def report_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return notebook 13's headline: where the report is and its size."""
+    report = settings.paths.report
+    return f"{report} ({report.stat().st_size / 1e6:.1f} MB)", []

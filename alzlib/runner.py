@@ -13,21 +13,26 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from alzlib import config
+from alzlib import config, freshness, pipeline
 from alzlib.storage import read_json, write_json
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
+# The notebook that builds the manifest from the data folder: the data fingerprint is taken when it succeeds.
+INGESTION_NUMBER = "01"
 LOCK_NAME = ".run.lock"
 # absl's format (severity, date, time, thread, file:line]); before TensorFlow initialises absl, these lines
 # ignore TF_CPP_MIN_LOG_LEVEL (oneDNN's notice, twice per kernel), so the runner applies that level itself.
 ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\S+\s+\d+ \S+:\d+\] ")
 ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 ABSL_SEVERITIES = "IWEF"
+# Other library lines that tell the user nothing: nbconvert's alt-text lint, logged by the kernel each time notebook
+# 13 renders the executed notebooks to HTML (figures made by the pipeline have no alt text to give).
+KERNEL_NOISE = (re.compile(r"^\[IPKernelApp\] WARNING \| Alternative text is missing on \d+ image\(s\)\.\s*$"),)
 
 
 class NotebookFailed(RuntimeError):
@@ -104,10 +109,17 @@ def executed_path(step: NotebookStep, paths: config.OutputPaths) -> Path:
 
 
 def is_up_to_date(step: NotebookStep, paths: config.OutputPaths, summary: dict, parameters: dict,
-                  newer_than: float) -> bool:
-    """True when `step` last succeeded with these parameters, after its source and all earlier steps changed."""
+                  newer_than: float, data_fingerprint: dict | None = None) -> bool:
+    """True when `step` last succeeded with these parameters, after its source and all earlier steps changed.
+
+    With `data_fingerprint` (the data folder's now), also only while it matches the one taken when 01 last
+    succeeded: files added to, removed from or changed in the data folder make every notebook out of date.
+    """
     record = next((entry for entry in summary.get("notebooks", []) if entry.get("name") == step.name), None)
     if not record or record.get("status") != "ok" or summary.get("parameters") != parameters:
+        return False
+    if data_fingerprint is not None and (summary.get("data_fingerprint") or {}).get("digest") != \
+            data_fingerprint["digest"]:
         return False
     output = executed_path(step, paths)
     if not output.is_file():
@@ -133,6 +145,13 @@ def _written_before_success(written: float, record: dict) -> bool:
 def load_summary(paths: config.OutputPaths) -> dict:
     """Return the last run summary, or an empty one."""
     return read_json(paths.run_summary) if paths.run_summary.is_file() else {}
+
+
+def data_folder(parameters: dict) -> Path:
+    """Return the data folder the run's parameters name (DATA_DIR, else the profile's synthetic cohort)."""
+    if parameters.get("DATA_DIR"):
+        return Path(parameters["DATA_DIR"]).expanduser()
+    return config.default_data_dir(config.get_profile(parameters["PROFILE"]))
 
 
 def _now() -> str:
@@ -190,7 +209,10 @@ def kernel_folder() -> Iterator[Path]:
 
 
 def is_kernel_log_noise(line: str, min_log_level: int) -> bool:
-    """True for an absl-format line (or absl's pre-initialisation banner) below TF_CPP_MIN_LOG_LEVEL."""
+    """True for an absl-format line (or absl's pre-initialisation banner) below TF_CPP_MIN_LOG_LEVEL, or a line of
+    KERNEL_NOISE."""
+    if any(pattern.match(line) for pattern in KERNEL_NOISE):
+        return True
     if line.startswith(ABSL_BANNER):
         return min_log_level > ABSL_SEVERITIES.index("W")
     match = ABSL_LINE.match(line)
@@ -346,36 +368,196 @@ def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: 
     return time.perf_counter() - started
 
 
+# The training notebooks: the run's remaining time is estimated before the first of them runs.
+TRAINING_NUMBERS = ("05", "06", "07", "08")
+# Each notebook's time as fixed seconds (kernel start, TensorFlow import, tracing, saving, scoring) plus seconds
+# per unit of work at 64 px on 2 cores: a line through two runs on the same 2-core machine, the default cpu run
+# (720 images, 504 train, 4 epochs; docs/benchmarks.md and the control models' records) and a smoke run (76
+# images, 44 train, 1 epoch; measured while the machine was shared, so fixed costs lean high). The per-image
+# costs include each epoch's validation, batch-norm re-estimation and the first epoch's extra time: the baseline
+# CNN trains at about 170 images/s, ResNet50 at 5 (every layer trained: no ImageNet file offline), EfficientNetB0
+# at 20. Units: training images x epochs (05-08), evaluated images (val + test) x 5 models (09), Grad-CAM
+# images x 4 models (10), models (11), robustness images x 4 models, every corruption and severity (12).
+TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
+NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (35.0, 0.20), "07": (49.0, 0.185), "08": (79.0, 0.05),
+                  "09": (16.5, 0.045), "10": (0.0, 3.8), "11": (20.0, 7.0), "12": (34.0, 0.42), "13": (14.0, 0.0)}
+# Each leakage-control model (notebook 05): 5 s to build, trace and score, then 30 epochs of its training images
+# (its records: 94-111 s for 504 images, no augmentation).
+CONTROL_MODEL_COST = (5.0, 0.0066)
+REFERENCE_CORES = 2
+REFERENCE_IMAGE_SIZE = 64
+# Run-to-run spread of those measurements (ResNet epochs 72-80 s, control models 94-111 s) and a busy machine.
+ESTIMATE_SPREAD = (0.8, 1.3)
+
+
+def _work_units(number: str, profile: config.Profile, images: int, train_images: int) -> float:
+    """Return the units of work notebook `number` does, in NOTEBOOK_COSTS' terms."""
+    evaluated, models = images - train_images, len(config.MODEL_NAMES)
+    if number in TRAINED_IN:
+        return train_images * profile.epochs
+    return {"09": evaluated * (models + 1), "10": profile.gradcam_images * models, "11": models,
+            "12": min(profile.robustness_images, evaluated) * models, "13": 0}[number]
+
+
+def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int, pixels: float) -> float:
+    """Return the seconds the leakage-control models of notebook 05 train for."""
+    fixed, per_image = CONTROL_MODEL_COST
+    return control_models * (fixed + profile.control_epochs * control_train_images * per_image * pixels)
+
+
+def _core_range(seconds: float, cpu_count: int) -> tuple[float, float]:
+    """Return (low, high) seconds on `cpu_count` cores for `seconds` measured on REFERENCE_CORES."""
+    # Never faster than linear in cores, and TensorFlow's small CPU batches stop scaling well before 8 cores.
+    cores = max(cpu_count, 1)
+    slower = max(1.0, REFERENCE_CORES / cores)
+    faster = min(1.0, REFERENCE_CORES / min(cores, 8))
+    return seconds * ESTIMATE_SPREAD[0] * faster * slower, seconds * ESTIMATE_SPREAD[1] * slower
+
+
+def estimate_run(profile: config.Profile, images: int, train_images: int, numbers: list[str], cpu_count: int = 2,
+                 shipped_split: bool = False) -> dict:
+    """Estimate the seconds notebooks `numbers` (05-13) take for `images` ingested images on `cpu_count` cores.
+
+    Per-image costs scale with the pixels of the profile's image size; the controls train 4 models (6 when the
+    data ship a split) of at most `profile.control_images` images for `control_epochs` each. Returns per-notebook
+    seconds, the total, a low-high range and the line to print.
+    """
+    if images < 1 or not 0 < train_images <= images:
+        raise ValueError(f"Expected images >= 1 and 0 < train_images <= images; got {images} and {train_images}.")
+    pixels = (profile.image_size / REFERENCE_IMAGE_SIZE) ** 2
+    control_train = round(min(images, profile.control_images) * train_images / images)
+    control_models = 6 if shipped_split else 4
+    seconds = {number: NOTEBOOK_COSTS[number][0] + NOTEBOOK_COSTS[number][1] * pixels
+               * _work_units(number, profile, images, train_images) for number in numbers if number in NOTEBOOK_COSTS}
+    if "05" in seconds:
+        seconds["05"] += _control_seconds(profile, control_models, control_train, pixels)
+    low, high = _core_range(sum(seconds.values()), cpu_count)
+    estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
+                "seconds": round(sum(seconds.values()), 1), "low_seconds": round(low, 1),
+                "high_seconds": round(high, 1), "images": images, "train_images": train_images,
+                "image_size": profile.image_size, "epochs": profile.epochs, "control_models": control_models,
+                "control_epochs": profile.control_epochs, "control_train_images": control_train,
+                "cpu_count": cpu_count, "basis": f"costs measured on {REFERENCE_CORES} cores at {REFERENCE_IMAGE_SIZE} "
+                                                 f"px (alzlib.runner.NOTEBOOK_COSTS), scaled by pixels; CPU only"}
+    return {**estimate, "line": describe_estimate(estimate)}
+
+
+def format_duration(seconds: float) -> str:
+    """Return seconds as '45 s', '12 min' or '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_estimate(estimate: dict) -> str:
+    """Return the one console line of an estimate from `estimate_run`."""
+    numbers = list(estimate["notebooks"])
+    largest = max(numbers, key=estimate["notebooks"].get)
+    low, high = format_duration(estimate["low_seconds"]), format_duration(estimate["high_seconds"])
+    span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else numbers[0]
+    return (f"estimated {low} to {high} for {span} on this machine ({estimate['cpu_count']} cores, CPU): "
+            f"{estimate['images']:,} images ({estimate['train_images']:,} train) x {_epochs(estimate['epochs'])} per "
+            f"model at {estimate['image_size']} px, {estimate['control_models']} control models x "
+            f"{_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}; largest {largest} "
+            f"(~{format_duration(estimate['notebooks'][largest])})")
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
+def _cpu_count() -> int:
+    """Return the cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: list[str]) -> dict | None:
+    """Return `estimate_run` for the run's profile and the ingested data, or None before ingestion."""
+    numbers = [number for number in numbers if number in NOTEBOOK_COSTS]
+    if not numbers or not paths.ingestion_report.is_file():
+        return None
+    report = read_json(paths.ingestion_report)
+    counts = report.get("counts", {})
+    profile = config.get_profile(parameters["PROFILE"])
+    if parameters.get("EPOCHS"):
+        profile = replace(profile, epochs=parameters["EPOCHS"])
+    shipped = bool((report.get("leakage_audit") or {}).get("shipped"))
+    try:
+        return estimate_run(profile, counts.get("images", 0), counts.get("per_split", {}).get("train", 0), numbers,
+                            _cpu_count(), shipped)
+    except ValueError:  # an empty or odd report: the notebooks will say what is wrong with it
+        return None
+
+
 def _write_summary(paths: config.OutputPaths, summary: dict, *entries: dict) -> None:
     """Write `summary` with `entries` appended to its notebooks (the summary itself is left as it was)."""
     write_json(paths.run_summary, {**summary, "notebooks": summary["notebooks"] + list(entries)})
 
 
+def _with_headline(line: str, entry: dict) -> str:
+    """Return a progress line followed by the notebook's headline, when it wrote one."""
+    return f"{line}: {entry['headline']}" if entry.get("headline") else line
+
+
+def _read_headline(step: NotebookStep, paths: config.OutputPaths) -> dict:
+    """Return {'headline', 'warnings'} from the headline file `step` wrote, or {} when it wrote none."""
+    path = pipeline.headline_path(paths, step.name)
+    if not path.is_file():
+        return {}
+    try:
+        written = read_json(path)
+    except ValueError:
+        return {"warnings": [f"{path} is not valid JSON"]}
+    return {"headline": str(written.get("headline", "")),
+            "warnings": [str(text) for text in written.get("warnings", [])]}
+
+
+def collect_warnings(summary: dict) -> list[str]:
+    """Return every notebook's warnings in the run, as 'notebook: warning' lines."""
+    return [f"{entry['name']}: {warning}" for entry in summary.get("notebooks", [])
+            for warning in entry.get("warnings", [])]
+
+
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
                  resume: bool = False, echo=functools.partial(print, flush=True)) -> dict:
-    """Run `steps` in order, record each one's time in run_summary.json, stop at the first failure or Ctrl-C.
+    """Run `steps` in order, record each one's time and headline in run_summary.json, stop at the first failure or
+    Ctrl-C.
 
     Each notebook is recorded as running before it starts and as ok, with its `finished` time, only after it
-    succeeded, so `--resume` never takes an interrupted or killed notebook as done.
+    succeeded, so `--resume` never takes an interrupted or killed notebook as done. The data folder's fingerprint,
+    taken when 01 succeeds, is kept beside the parameters: `--resume` reruns everything once the data changed.
+    Before the first training notebook runs, the time of the rest of the run is estimated and recorded.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
     previous = load_summary(paths)
-    summary = {"profile": parameters["PROFILE"], "parameters": parameters, "kernel": kernel or "notebook default",
-               "started": _now(), "status": "running", "notebooks": [], "total_seconds": 0.0}
+    data_dir = data_folder(parameters)
+    fingerprint = freshness.data_fingerprint(data_dir)
+    kept_fingerprint = previous.get("data_fingerprint") if previous.get("parameters") == parameters else None
+    summary = {"profile": parameters["PROFILE"], "parameters": parameters, "data_fingerprint": kept_fingerprint,
+               "kernel": kernel or "notebook default", "started": _now(), "status": "running", "notebooks": [],
+               "total_seconds": 0.0}
     newer_than = 0.0
     with kernel_folder() as kernels:
         for index, step in enumerate(steps, start=1):
             label = f"[{index}/{len(steps)}] {step.name}"
-            if resume and is_up_to_date(step, paths, previous, parameters, newer_than):
-                echo(f"{label}: up to date, skipped (--resume)")
+            if resume and is_up_to_date(step, paths, previous, parameters, newer_than, fingerprint):
                 kept = next(entry for entry in previous["notebooks"] if entry["name"] == step.name)
+                echo(_with_headline(f"{label}: up to date, skipped (--resume)", kept))
                 summary["notebooks"].append({**kept, "skipped": True})
                 newer_than = max(newer_than, executed_path(step, paths).stat().st_mtime)
                 continue
+            if "estimate" not in summary and step.number in TRAINING_NUMBERS:
+                estimate = estimate_from_outputs(paths, parameters, [later.number for later in steps[index - 1:]])
+                if estimate:
+                    summary["estimate"] = estimate
+                    echo(estimate["line"])
             echo(f"{label}: running ...")
             record = {"name": step.name, "output": str(executed_path(step, paths)), "started": _now()}
             _write_summary(paths, summary, {**record, "status": "running"})
+            pipeline.headline_path(paths, step.name).unlink(missing_ok=True)  # never show a previous run's news
             try:
                 seconds = execute_notebook(step, paths, parameters, kernel, kernels)
             except NotebookFailed:
@@ -388,12 +570,26 @@ def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameter
                 summary.update(status="interrupted", interrupted=step.name, finished=_now())
                 write_json(paths.run_summary, summary)
                 raise NotebookInterrupted(step.name) from interruption
-            summary["notebooks"].append({**record, "status": "ok", "seconds": round(seconds, 1), "finished": _now()})
+            if step.number == INGESTION_NUMBER:
+                # Taken after 01 (which may have made the synthetic cohort); 01 also records its own, taken before
+                # its scan, in the ingestion report, which every later notebook checks (pipeline.load_manifest).
+                fingerprint = summary["data_fingerprint"] = freshness.data_fingerprint(data_dir)
+            entry = {**record, "status": "ok", "seconds": round(seconds, 1), "finished": _now(),
+                     **_read_headline(step, paths)}
+            summary["notebooks"].append(entry)
             summary["total_seconds"] = round(sum(entry.get("seconds", 0) for entry in summary["notebooks"]
                                                  if not entry.get("skipped")), 1)
             write_json(paths.run_summary, summary)
             newer_than = time.time()
-            echo(f"{label}: ok in {seconds:.1f} s")
+            echo(_with_headline(f"{label}: ok in {seconds:.1f} s", entry))
+    if "estimate" in summary:
+        summary["estimate"]["actual_seconds"] = _actual_seconds(summary, summary["estimate"]["notebooks"])
     summary.update(status="ok", finished=_now())
     write_json(paths.run_summary, summary)
     return summary
+
+
+def _actual_seconds(summary: dict, numbers: dict) -> float:
+    """Return the seconds the notebooks numbered in `numbers` took in this run (skipped ones not counted)."""
+    return round(sum(entry.get("seconds", 0) for entry in summary["notebooks"]
+                     if not entry.get("skipped") and entry["name"][:2] in numbers), 1)

@@ -165,6 +165,7 @@ def test_absl_lines_are_noise_only_below_the_tensorflow_log_level():
     assert not runner.is_kernel_log_noise(info, 0) and not runner.is_kernel_log_noise(runner.ABSL_BANNER, 1)
     assert not runner.is_kernel_log_noise(error, 2)
     assert not runner.is_kernel_log_noise("[IPKernelApp] ERROR | something broke", 3)
+    assert runner.is_kernel_log_noise("[IPKernelApp] WARNING | Alternative text is missing on 9 image(s).\n", 0)
 
 
 def test_kernel_is_not_sent_sigint_when_shutting_down(tmp_path):
@@ -314,3 +315,129 @@ def test_ctrl_c_between_cells_stops_before_the_next_one(tmp_path):
     watch.interrupt()
     with pytest.raises(runner.StoppedByCtrlC):
         watch.stop_if_interrupted(cell=None, cell_index=1)
+
+
+def data_parameters(data_dir):
+    """Run parameters naming a data folder of the test's own (one placeholder file to start with)."""
+    (data_dir / "NonDemented").mkdir(parents=True, exist_ok=True)
+    (data_dir / "NonDemented" / "a.jpg").write_bytes(b"image")
+    return {**parameters(), "DATA_DIR": str(data_dir)}
+
+
+def test_data_added_between_two_resume_decisions_makes_01_out_of_date(notebook_dir, tmp_path):
+    paths = config.OutputPaths(tmp_path / "out")
+    steps = runner.discover_notebooks(notebook_dir)
+    run_parameters = data_parameters(tmp_path / "data")
+    runner.run_pipeline(steps, paths, run_parameters, echo=lambda _: None)
+    recorded = storage.read_json(paths.run_summary)
+    before = runner.freshness.data_fingerprint(tmp_path / "data")
+    assert recorded["data_fingerprint"] == before
+    assert runner.is_up_to_date(steps[0], paths, recorded, run_parameters, 0.0, before)
+    (tmp_path / "data" / "NonDemented" / "b.jpg").write_bytes(b"another image")
+    after = runner.freshness.data_fingerprint(tmp_path / "data")
+    assert not runner.is_up_to_date(steps[0], paths, recorded, run_parameters, 0.0, after)
+    messages = []
+    runner.run_pipeline(steps, paths, run_parameters, resume=True, echo=messages.append)
+    assert not any("up to date" in message for message in messages), "01 and everything after it run again"
+    assert len((tmp_path / "log.txt").read_text().split()) == 12
+    assert storage.read_json(paths.run_summary)["data_fingerprint"] == after
+    messages.clear()
+    runner.run_pipeline(steps, paths, run_parameters, resume=True, echo=messages.append)
+    assert all("up to date" in message for message in messages), "unchanged data: all skipped"
+
+
+def headline_writer(paths, name, text, warnings):
+    """Notebook source that writes a headline where the runner looks for it."""
+    path = runner.pipeline.headline_path(paths, name)
+    return (f"import json, pathlib\npath = pathlib.Path({str(path)!r})\n"
+            "path.parent.mkdir(parents=True, exist_ok=True)\n"
+            f"path.write_text(json.dumps({{'headline': {text!r}, 'warnings': {warnings!r}}}))")
+
+
+def test_progress_line_carries_the_headline_and_warnings_are_collected(notebook_dir, tmp_path):
+    paths = config.OutputPaths(tmp_path / "out")
+    write_notebook(notebook_dir / "01_first.ipynb", headline_writer(paths, "01_first", "720 images, 180 subjects",
+                                                                    ["2 files skipped"]))
+    stale = runner.pipeline.headline_path(paths, "02_second")
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"headline": "from an earlier run"}')
+    messages = []
+    summary = runner.run_pipeline(runner.discover_notebooks(notebook_dir), paths, parameters(), echo=messages.append)
+    assert [message for message in messages if ": ok in " in message][0].endswith(": 720 images, 180 subjects")
+    assert not any("earlier run" in message for message in messages), "a headline the notebook did not write"
+    assert summary["notebooks"][0]["headline"] == "720 images, 180 subjects"
+    assert runner.collect_warnings(summary) == ["01_first: 2 files skipped"]
+    messages.clear()
+    runner.run_pipeline(runner.discover_notebooks(notebook_dir), paths, parameters(), resume=True,
+                        echo=messages.append)
+    assert messages[0].endswith("up to date, skipped (--resume): 720 images, 180 subjects")
+
+
+def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
+    profile = config.PROFILES["cpu"]
+    numbers = ["05", "06", "07", "08", "09", "10", "11", "12", "13"]
+    estimate = runner.estimate_run(profile, 720, 504, numbers, cpu_count=2)
+    # Measured: 05 447 s (with the four control models), 06-13 1,579 s (docs/benchmarks.md): 2,026 s in all.
+    assert 0.85 * 2026 < estimate["seconds"] < 1.15 * 2026
+    assert estimate["low_seconds"] < estimate["seconds"] < estimate["high_seconds"]
+    assert list(estimate["notebooks"]) == numbers and estimate["control_models"] == 4
+    assert estimate["line"].startswith("estimated 27 min to 43 min for 05-13 on this machine (2 cores, CPU): "
+                                       "720 images (504 train) x 4 epochs per model at 64 px, 4 control models x 30 "
+                                       "epochs of 504; largest ")
+
+
+def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
+    profile = config.PROFILES["cpu"]
+    base = runner.estimate_run(profile, 720, 504, ["06"])["seconds"]
+    assert runner.estimate_run(profile, 1440, 1008, ["06"])["seconds"] > 1.6 * base
+    assert runner.estimate_run(runner.replace(profile, epochs=8), 720, 504, ["06"])["seconds"] > 1.6 * base
+    assert runner.estimate_run(runner.replace(profile, image_size=128), 720, 504, ["06"])["seconds"] > 3 * base
+    four, six = (runner.estimate_run(profile, 720, 504, ["05"], shipped_split=shipped) for shipped in (False, True))
+    assert six["control_models"] == 6 and six["seconds"] > 1.4 * four["seconds"]
+    # The controls stop at the profile's control_images: 86,000 images cost no more control time than 1,200.
+    large, medium = (runner.estimate_run(profile, images, round(0.7 * images), ["05"])["control_train_images"]
+                     for images in (86_000, 1_200))
+    assert large == medium == 840
+
+
+def test_estimate_range_widens_downwards_with_more_cores_and_checks_its_input():
+    profile = config.PROFILES["cpu"]
+    two, sixteen = (runner.estimate_run(profile, 720, 504, ["06"], cpu_count=cores) for cores in (2, 16))
+    assert sixteen["low_seconds"] < two["low_seconds"] and sixteen["high_seconds"] == two["high_seconds"]
+    with pytest.raises(ValueError, match="train_images"):
+        runner.estimate_run(profile, 10, 20, ["06"])
+    assert runner.format_duration(45) == "45 s" and runner.format_duration(1800) == "30 min"
+    assert runner.format_duration(4 * 3600) == "4.0 h"
+
+
+def test_estimate_is_printed_before_the_first_training_notebook_and_recorded(notebook_dir, tmp_path):
+    paths = config.OutputPaths(tmp_path / "out")
+    (notebook_dir / "02_second.ipynb").unlink()
+    (notebook_dir / "03_third.ipynb").rename(notebook_dir / "05_train_third.ipynb")
+    report = {"counts": {"images": 720, "per_split": {"train": 504}}, "leakage_audit": {"shipped": None}}
+    write_notebook(notebook_dir / "01_first.ipynb", f"import json\nopen({str(paths.ingestion_report)!r}, 'w')"
+                                                    f".write(json.dumps({report!r}))")
+    paths.root.mkdir(parents=True)
+    messages = []
+    summary = runner.run_pipeline(runner.discover_notebooks(notebook_dir), paths, {**parameters(), "PROFILE": "cpu"},
+                                  echo=messages.append)
+    assert messages[2].startswith("estimated ") and " for 05 on this machine" in messages[2]
+    assert "05_train_third: running" in messages[3]
+    recorded = storage.read_json(paths.run_summary)["estimate"]
+    assert recorded["images"] == 720 and recorded["actual_seconds"] == summary["notebooks"][1]["seconds"]
+
+
+def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monkeypatch, capsys):
+    from alzlib import freshness
+
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    first, second = tmp_path / "A", tmp_path / "B"
+    for folder in (first, second):
+        (folder / "NonDemented").mkdir(parents=True)
+    settings = config.load_settings("smoke", 42, first)
+    storage.write_parquet(settings.paths.manifest, runner.pipeline.pd.DataFrame({"path": ["a.jpg"]}))
+    storage.write_json(settings.paths.ingestion_report, {"fingerprint": freshness.manifest_fingerprint(settings)})
+    assert run_all.main(["--profile", "smoke", "--only", "02", "--data", str(second)]) == 2
+    error = capsys.readouterr().err
+    assert f"made from {first.resolve()} (split subject, seed 42), not {second.resolve()}" in error
+    assert f"python run_all.py --from 01 --profile smoke --data {second}" in error and error.count("\n") == 1
