@@ -35,8 +35,9 @@ class Profile:
     max_feature_points: int = 2000
     robustness_images: int = 200
     gradcam_images: int = 8
-    control_epochs: int = 30
-    control_images: int = 1200
+    control_epochs: int = 60
+    control_images: int = 2400
+    control_image_size: int = 32
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -60,6 +61,7 @@ PROFILES = {
         gradcam_images=2,
         control_epochs=2,
         control_images=76,
+        control_image_size=32,
         description="tests and CI: tiny data, one epoch, seconds per notebook",
     ),
     "cpu": Profile(
@@ -73,8 +75,9 @@ PROFILES = {
         max_feature_points=1500,
         robustness_images=160,
         gradcam_images=6,
-        control_epochs=30,
-        control_images=1200,
+        control_epochs=60,
+        control_images=2400,
+        control_image_size=32,
         description="default without a GPU: a real but modest run, about 30 minutes on 2 cores",
     ),
     "full": Profile(
@@ -88,8 +91,9 @@ PROFILES = {
         max_feature_points=4000,
         robustness_images=600,
         gradcam_images=8,
-        control_epochs=40,
+        control_epochs=60,
         control_images=8000,
+        control_image_size=64,
         description="the seed recipe: 224 px, batch 32, 50 epochs; default when a GPU is visible",
     ),
 }

@@ -510,8 +510,10 @@ def _leakage_section(context: _Context) -> str:
 
         inflation = demonstration.get("inflation") or {}
         parts.append("<p><strong>Leakage demonstration</strong>: the baseline CNN under the control budget "
-                     f"({_text(demonstration['budget']['epochs'])} epochs, no augmentation, no dropout, constant "
-                     f"learning rate {demonstration['budget']['learning_rate']}), test balanced accuracy with 95% "
+                     f"({_text(demonstration['budget']['epochs'])} epochs at "
+                     f"{_text(demonstration['budget'].get('image_size', '?'))} px, no augmentation, no dropout, "
+                     f"constant learning rate {demonstration['budget']['learning_rate']}, last epoch kept), test "
+                     "balanced accuracy with 95% "
                      "subject-bootstrap intervals. A slice split puts slices of one subject on both sides.</p>")
         parts.append(_frame_html(controls.demonstration_table(demonstration)))
         parts.append(f"<p>{_text(demonstration['verdict'])}"

@@ -334,14 +334,14 @@ def apply_budget(recipe: dict, spec: dict, budget: dict | None) -> tuple[dict, d
     """Return copies of `recipe` and `spec` changed by a control budget (epochs, learning rate, augmentation).
 
     `budget` keys: epochs, learning_rate (constant: no schedule), augmentation (False: none), dropout (False: every
-    Dropout rate set to 0 after building). None leaves the recipe as it is.
+    Dropout rate set to 0 after building), keep ('last epoch': no checkpoint selection). None leaves the recipe.
     """
     if not budget:
         return recipe, spec
-    unknown = set(budget) - {"epochs", "learning_rate", "augmentation", "dropout", "reason"}
+    unknown = set(budget) - {"epochs", "learning_rate", "augmentation", "dropout", "keep", "reason"}
     if unknown:
         raise ValueError(f"Unknown budget key(s) {sorted(unknown)}: expected epochs, learning_rate, augmentation, "
-                         f"dropout, reason.")
+                         f"dropout, keep, reason.")
     recipe = {key: (dict(value) if isinstance(value, dict) else value) for key, value in recipe.items()}
     spec = dict(spec)
     if "epochs" in budget:
@@ -351,6 +351,8 @@ def apply_budget(recipe: dict, spec: dict, budget: dict | None) -> tuple[dict, d
         recipe["learning_rate_schedule"] = {"name": "constant", "learning_rate": float(budget["learning_rate"])}
     if budget.get("augmentation") is False:
         spec["augmentation"] = []
+    if budget.get("keep") == "last epoch":
+        recipe["checkpoint"], recipe["checkpoint_monitor"] = "last epoch (fixed budget, no selection)", None
     recipe["budget"] = dict(budget)
     return recipe, spec
 
@@ -433,7 +435,7 @@ def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset,
         validation_callback(val_dataset, val_labels, recipe["loss"]["label_smoothing"]),
         epoch_recorder(paths["epochs"], records),
         *(schedules if plateau else []),
-        best_checkpoint(paths["checkpoint"], best),
+        *([best_checkpoint(paths["checkpoint"], best)] if recipe.get("checkpoint_monitor") else []),
         keras.callbacks.CSVLogger(str(paths["csv"]), append=resuming),
         *([keras.callbacks.TensorBoard(log_dir=str(paths["tensorboard"]), profile_batch=0, write_graph=False)]
           if tensorboard_available() else []),
@@ -489,13 +491,16 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     started = time.perf_counter()
     model.fit(train_dataset, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - started
+    if not recipe.get("checkpoint_monitor") and records:
+        best["epoch"] = records[-1]["epoch"]  # a fixed budget keeps its last epoch
     if paths["checkpoint"].is_file():
         _move_atomically(paths["checkpoint"], paths["model"])
         checkpoint = f"best validation epoch ({best['epoch']})"
     else:
         with atomic_path(paths["model"]) as temporary:
             save_model(model, temporary)
-        checkpoint = "last epoch (no epoch had a finite validation score)"
+        checkpoint = ("last epoch (fixed budget, no selection)" if not recipe.get("checkpoint_monitor") else
+                      "last epoch (no epoch had a finite validation score)")
     history = _history(records)
     write_json(paths["history"], history)
     figure = plot_training_curves(history, title=output_name)
