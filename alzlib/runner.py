@@ -381,9 +381,10 @@ TRAINING_NUMBERS = ("05", "06", "07", "08")
 TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
 NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (35.0, 0.20), "07": (49.0, 0.185), "08": (79.0, 0.05),
                   "09": (16.5, 0.045), "10": (0.0, 3.8), "11": (20.0, 7.0), "12": (34.0, 0.42), "13": (14.0, 0.0)}
-# Each leakage-control model (notebook 05): 5 s to build, trace and score, then 30 epochs of its training images
-# (its records: 94-111 s for 504 images, no augmentation).
-CONTROL_MODEL_COST = (5.0, 0.0066)
+# Each leakage-control model (notebook 05): 5 s to build, trace and score, then its epochs of its training images at
+# the control's 32 px (records of the cpu run: 49-58 s for 60 epochs of 504 images, no augmentation).
+CONTROL_MODEL_COST = (5.0, 0.00165)
+CONTROL_REFERENCE_SIZE = 32
 REFERENCE_CORES = 2
 REFERENCE_IMAGE_SIZE = 64
 # Run-to-run spread of those measurements (ResNet epochs 72-80 s, control models 94-111 s) and a busy machine.
@@ -402,6 +403,7 @@ def _work_units(number: str, profile: config.Profile, images: int, train_images:
 def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int, pixels: float) -> float:
     """Return the seconds the leakage-control models of notebook 05 train for."""
     fixed, per_image = CONTROL_MODEL_COST
+    pixels = (profile.control_image_size / CONTROL_REFERENCE_SIZE) ** 2  # the controls train at their own size
     return control_models * (fixed + profile.control_epochs * control_train_images * per_image * pixels)
 
 

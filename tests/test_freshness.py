@@ -158,14 +158,20 @@ def test_training_headline_reads_the_recipe_record(tmp_path, outputs):
     assert pipeline.training_headline(settings, "efficientnetb0")[0] == "efficientnetb0 not trained"
 
 
-def test_control_headline_reports_the_run_split_and_warns_above_chance(tmp_path, outputs):
+def test_control_headline_reports_the_run_split_and_warns_only_where_a_control_misbehaves(tmp_path, outputs):
     settings = config.load_settings("smoke", 42, make_data(tmp_path / "data"))
     cell = {"labels": "random", "balanced_accuracy": 0.32, "low": 0.18, "high": 0.46, "chance": 0.25,
-            "above_chance": False}
-    storage.write_json(settings.paths.evaluation / "leakage_demonstration.json", {"cells": [
-        {**cell, "split_policy": "subject", "run_split": True},
-        {**cell, "split_policy": "slice", "run_split": False, "balanced_accuracy": 0.7, "low": 0.6, "high": 0.8,
-         "above_chance": True}]})
+            "above_chance": False, "leaky_split": False}
+    leaky = {**cell, "split_policy": "slice", "run_split": False, "leaky_split": True}
+    path = settings.paths.evaluation / "leakage_demonstration.json"
+    storage.write_json(path, {"cells": [{**cell, "split_policy": "subject", "run_split": True},
+                                        {**leaky, "balanced_accuracy": 0.7, "low": 0.6, "high": 0.8,
+                                         "above_chance": True}]})
     text, warnings = pipeline.control_headline(settings)
-    assert text == "random-label control 0.32 [0.18, 0.46] (chance 0.25)"
-    assert warnings == ["random-label control above chance under the slice split (0.70 [0.60, 0.80], chance 0.25)"]
+    assert text == "random-label control 0.32 [0.18, 0.46] (chance 0.25), leaky slice split 0.70 [0.60, 0.80]"
+    assert warnings == []  # the leaky split's control tripping is the demonstration working
+    storage.write_json(path, {"cells": [{**cell, "split_policy": "shipped", "run_split": True, "low": 0.3,
+                                         "balanced_accuracy": 0.4, "above_chance": True}, leaky]})
+    _, warnings = pipeline.control_headline(settings)
+    assert warnings[0].startswith("random-label control above chance under this run's shipped split")
+    assert warnings[1].startswith("random-label control did not detect the leak of the slice split")
