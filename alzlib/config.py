@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -100,12 +102,29 @@ PROFILES = {
 
 
 def gpu_available() -> bool:
-    """Return True when TensorFlow sees at least one GPU (imports TensorFlow lazily)."""
+    """Return True when TensorFlow sees at least one GPU (imports TensorFlow lazily, its start-up lines silenced)."""
     try:
-        import tensorflow as tf
+        with _native_stderr_silenced():
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
     except ImportError:
         return False
-    return bool(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block: TensorFlow's C++ start-up lines (oneDNN, absl) are written
+    there before any Python logging setting applies. Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def default_profile_name() -> str:

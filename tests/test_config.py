@@ -1,5 +1,8 @@
 """Profiles, paths and notebook parameter checks."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +94,11 @@ def test_cluster_config_reads_tf_config_and_names_bad_json(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
         environment.cluster_config()
+
+
+def test_the_gpu_check_prints_no_tensorflow_start_up_lines():
+    result = subprocess.run([sys.executable, "-c", "from alzlib import config; print(config.gpu_available())"],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.returncode == 0 and result.stdout.strip() in ("True", "False")
+    assert "oneDNN" not in result.stderr and "absl" not in result.stderr, result.stderr
