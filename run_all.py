@@ -20,8 +20,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(config.PROFILES), default=None,
-                        help="data size, image size and epochs (default: ALZ_PROFILE, else full with a GPU, cpu without)")
-    parser.add_argument("--data", type=Path, default=None, help="data set root (default: the synthetic cohort, made on first use)")
+                        help="data size, image size and epochs (default: ALZ_PROFILE, else full with a GPU, cpu "
+                             "without)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data set root (default: the synthetic cohort, made on first use)")
     parser.add_argument("--split", choices=config.SPLIT_POLICIES, default="subject",
                         help="subject: leakage-safe subject-level split (default); shipped: the data set's own split; "
                              "slice: a random slice-level split that leaks subjects (demonstration only)")
@@ -36,7 +38,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
     parser.add_argument("--resume", action="store_true",
-                        help="skip notebooks that already succeeded with the same parameters and are newer than their inputs")
+                        help="skip notebooks that already succeeded with the same parameters and are newer than "
+                             "their inputs")
     return parser.parse_args(argv)
 
 

@@ -281,7 +281,8 @@ def load_settings(
     if not isinstance(deterministic, bool):
         raise ValueError(f"DETERMINISTIC must be True or False, got {deterministic!r}.")
     if weights is not None and weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise ValueError(f"WEIGHTS must be 'imagenet', 'none' or the path of a weights file; {weights!r} is none of these.")
+        raise ValueError(f"WEIGHTS must be 'imagenet', 'none' or the path of a weights file; {weights!r} is none "
+                         f"of these.")
     if epochs is not None:
         resolved = replace(resolved, epochs=epochs, warmup_epochs=min(resolved.warmup_epochs, epochs))
     return Settings(

@@ -237,7 +237,8 @@ def leakage_demonstration(settings: config.Settings, manifest: pd.DataFrame, ima
         for labels in LABEL_CONDITIONS:
             record = train_control(settings, manifest, images, policy, labels, verbose)
             cell = score_control(record, settings, manifest, images)
-            cells.append({**cell, "run_split": policy == settings.split, "training_seconds": record["training_seconds"]})
+            cells.append({**cell, "run_split": policy == settings.split,
+                          "training_seconds": record["training_seconds"]})
     result = {"data_label": data_label, "architecture": ARCHITECTURE, "run_split": settings.split,
               "budget": {**control_budget(settings.profile), "image_size": settings.profile.control_image_size},
               "metric": "test balanced accuracy, slice level, 95% "

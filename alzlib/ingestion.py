@@ -718,13 +718,16 @@ def _audit_checks(audit: dict) -> list[tuple[str, object]]:
     neighbours = audit.get("pixel_neighbours") or {}
     for split, summary in neighbours.items():
         if isinstance(summary, dict) and split in config.SPLITS:
-            checks += [(f"{split}: median correlation with nearest train image", round(summary["correlation_median"], 4)),
+            checks += [(f"{split}: median correlation with nearest train image",
+                        round(summary["correlation_median"], 4)),
                        (f"{split}: share above the different-subject null's 99th percentile",
                         _rounded(summary.get("above_null_share"))),
-                       (f"{split}: p-value of that share (subject permutation)", _rounded(summary.get("above_null_p_value"))),
+                       (f"{split}: p-value of that share (subject permutation)",
+                        _rounded(summary.get("above_null_p_value"))),
                        (f"{split}: raw-pixel 1-NN accuracy (majority class rate)",
                         f"{summary['nearest_neighbour_accuracy']:.3f} ({summary['majority_class_rate']:.3f})"),
-                       (f"{split}: p-value of the 1-NN agreement against the null", _rounded(summary.get("agreement_p_value"))),
+                       (f"{split}: p-value of the 1-NN agreement against the null",
+                        _rounded(summary.get("agreement_p_value"))),
                        (f"{split}: pixel evidence says it leaks", "yes" if summary.get("leaks") else "no")]
     if audit.get("subject_ids_note"):
         checks.append(("subject ids", audit["subject_ids_note"]))

@@ -111,7 +111,7 @@ def _application(name: str, image_size: int, weights: str | None):
 
 
 def load_backbone(name: str, image_size: int, weights: str | None = "imagenet") -> tuple[object, str, bool]:
-    """Return (backbone, weights source, pretrained) for a transfer model; random weights when ImageNet's are unavailable."""
+    """Return (backbone, weights source, pretrained) for a transfer model; random weights without ImageNet's."""
     if weights in (None, "none"):
         return _application(name, image_size, None), "random (WEIGHTS='none')", False
     if weights == "imagenet":
@@ -128,12 +128,13 @@ def load_backbone(name: str, image_size: int, weights: str | None = "imagenet") 
     try:
         backbone = _application(name, image_size, "imagenet")
     except Exception as error:  # noqa: BLE001
-        raise ValueError(f"Could not load the WEIGHTS file {weights} (staged as {staged}) into {name}: {error}") from error
+        raise ValueError(f"Could not load the WEIGHTS file {weights} (staged as {staged}) into {name}: "
+                         f"{error}") from error
     return backbone, f"imagenet:{weights}", True
 
 
 def freeze_layers(backbone, frozen_layers: int) -> dict:
-    """Freeze the first `frozen_layers` layers of `backbone` (its input layer counts), unfreeze the rest; return counts."""
+    """Freeze the first `frozen_layers` layers of `backbone` (input layer included), unfreeze the rest; count them."""
     layers = backbone.layers
     if not 0 <= frozen_layers <= len(layers):
         raise ValueError(f"Cannot freeze {frozen_layers} layers of {backbone.name}: it has {len(layers)}.")

@@ -28,7 +28,8 @@ def data_label(ingestion_report: dict) -> str:
     """Return the label every title and table of this run carries ('synthetic cohort' or the data set)."""
     policy = ingestion_report.get("split_policy", "subject")
     source = ingestion_report.get("data_source", {})
-    label = SYNTHETIC_LABEL if is_synthetic(ingestion_report) else f"{source.get('layout', 'data set')} ({policy} split)"
+    layout = source.get("layout", "data set")
+    label = SYNTHETIC_LABEL if is_synthetic(ingestion_report) else f"{layout} ({policy} split)"
     if policy in config.LEAKY_SPLIT_POLICIES:
         label += f"; {policy}-level split that LEAKS subjects across train/test (demonstration only)"
     return label
@@ -184,8 +185,8 @@ def control_headline(settings: config.Settings) -> tuple[str, list[str]]:
                  "a clean control on this run's split is weak evidence"
                  for cell in cells if cell.get("leaky_split") and not cell.get("above_chance")]
     leaky = [cell for cell in cells if cell.get("leaky_split") and not cell.get("run_split")]
-    detected = "; ".join(f"{cell['split_policy']} split {_interval(cell['balanced_accuracy'], cell['low'], cell['high'])}"
-                         for cell in leaky)
+    detected = "; ".join(f"{cell['split_policy']} split "
+                         f"{_interval(cell['balanced_accuracy'], cell['low'], cell['high'])}" for cell in leaky)
     return (f"random-label control {_interval(own['balanced_accuracy'], own['low'], own['high'])} "
             f"(chance {own['chance']:.2f})" + (f", leaky {detected}" if detected else ""), warnings)
 

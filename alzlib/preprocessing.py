@@ -1,4 +1,4 @@
-"""Preprocessing (notebook 03): the decoded uint8 image cache, letterboxing, and the tf.data pipeline of each model family.
+"""Preprocessing (notebook 03): the decoded uint8 image cache, letterboxing, and each model family's tf.data pipeline.
 
 Images are decoded once into a uint8 array (N x S x S) on disk; every later stage reads that array. The tf.data
 pipeline then casts each batch to float, repeats the grey channel three times, applies the training-only
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,8 @@ def letterbox(image: np.ndarray, size: int, interpolation: str = "area") -> np.n
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"Expected an image of shape (height, width[, channels]), got shape {image.shape}.")
     geometry = letterbox_geometry(image.shape[0], image.shape[1], size)
-    resized = cv2.resize(image, (geometry["width"], geometry["height"]), interpolation=_cv2_interpolation(interpolation))
+    resized = cv2.resize(image, (geometry["width"], geometry["height"]),
+                         interpolation=_cv2_interpolation(interpolation))
     if image.ndim == 3 and resized.ndim == 2:  # OpenCV drops a single channel axis
         resized = resized[..., np.newaxis]
     canvas = np.zeros((size, size, *image.shape[2:]), dtype=image.dtype)
@@ -132,7 +133,8 @@ def unletterbox(array: np.ndarray, height: int, width: int, interpolation: str =
     geometry = letterbox_geometry(height, width, array.shape[0])
     content = array[geometry["top"]:geometry["top"] + geometry["height"],
                     geometry["left"]:geometry["left"] + geometry["width"]]
-    restored = cv2.resize(np.ascontiguousarray(content), (width, height), interpolation=_cv2_interpolation(interpolation))
+    restored = cv2.resize(np.ascontiguousarray(content), (width, height),
+                          interpolation=_cv2_interpolation(interpolation))
     if array.ndim == 3 and restored.ndim == 2:
         restored = restored[..., np.newaxis]
     return restored
@@ -376,7 +378,7 @@ def plot_augmented_samples(images_uint8: np.ndarray, spec: dict, seed: int, samp
 def preprocessing_summary(manifest: pd.DataFrame, images_uint8: np.ndarray, image_size: int,
                           cache_dir: str | os.PathLike | None = None,
                           model_names: Sequence[str] = config.MODEL_NAMES) -> dict:
-    """Return what notebook 03 records: sizes before and after letterboxing, cache size, padding, pixel statistics, specs."""
+    """Return what notebook 03 records: sizes before and after letterboxing, cache size, padding, pixel statistics."""
     if len(images_uint8) != len(manifest):
         raise ValueError(f"{len(images_uint8)} cached images for {len(manifest)} manifest rows: they must align.")
     summary = {"images": int(len(manifest)), "image_size": int(image_size), "resize": "letterbox (aspect kept, "

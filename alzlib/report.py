@@ -6,8 +6,8 @@ import base64
 import html
 import json
 import os
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -298,7 +298,7 @@ def _run_metadata_section(context: _Context) -> str:
         "split policy": ingestion.get("split_policy", settings.get("split")), "epochs": settings.get("epochs"),
         "weights setting": settings.get("weights"), "determinism": settings.get("deterministic"),
         "git commit": (metadata or {}).get("git_commit"),
-        "report built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     parts.append(_json_html(summary))
     weights = {name: record.get("weights") for name, record in _records(context).items()}

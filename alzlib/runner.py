@@ -13,10 +13,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from alzlib import config, freshness, pipeline
 from alzlib.storage import read_json, write_json
@@ -88,7 +88,8 @@ def parse_numbers(text: str | None) -> list[str]:
     return numbers
 
 
-def select_notebooks(steps: list[NotebookStep], only: str | None = None, start: str | None = None) -> list[NotebookStep]:
+def select_notebooks(steps: list[NotebookStep], only: str | None = None,
+                     start: str | None = None) -> list[NotebookStep]:
     """Keep the steps named by `only` (NN[,NN]) or those from `start` (NN) on."""
     known = {step.number for step in steps}
     wanted = parse_numbers(only) + parse_numbers(start)
@@ -155,7 +156,7 @@ def data_folder(parameters: dict) -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _command_line() -> str:
@@ -523,15 +524,16 @@ def collect_warnings(summary: dict) -> list[str]:
 
 
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
-                 resume: bool = False, echo=functools.partial(print, flush=True)) -> dict:
+                 resume: bool = False, echo=None) -> dict:
     """Run `steps` in order, record each one's time and headline in run_summary.json, stop at the first failure or
-    Ctrl-C.
+    Ctrl-C. `echo` prints progress (default: print, flushed).
 
     Each notebook is recorded as running before it starts and as ok, with its `finished` time, only after it
     succeeded, so `--resume` never takes an interrupted or killed notebook as done. The data folder's fingerprint,
     taken when 01 succeeds, is kept beside the parameters: `--resume` reruns everything once the data changed.
     Before the first training notebook runs, the time of the rest of the run is estimated and recorded.
     """
+    echo = echo or functools.partial(print, flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
     previous = load_summary(paths)

@@ -9,13 +9,13 @@ import struct
 import zlib
 from pathlib import Path
 
-import fixtures
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
+import fixtures
 from alzlib import config, grouping, ingestion
 from alzlib.ingestion import IngestionError
 

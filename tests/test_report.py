@@ -58,8 +58,9 @@ def write_inputs_metadata(root: Path, synthetic: bool) -> None:
 def write_stage_outputs(root: Path) -> None:
     """Write EDA, features, two trained models, evaluation and Grad-CAM files."""
     save_small_figure(root / "eda" / "class_balance.png", "class balance")
-    storage.write_json(root / "eda" / "shortcut_audit.json", {"score": 0.71, "chance": 0.5, "properties": ["mean", "size"],
-                                                         "warning": "image size alone predicts the class"})
+    storage.write_json(root / "eda" / "shortcut_audit.json",
+                       {"score": 0.71, "chance": 0.5, "properties": ["mean", "size"],
+                        "warning": "image size alone predicts the class"})
     write_text(root / "eda" / "image_sizes.csv", f"width,height,note\n176,208,{HOSTILE_TEXT}\n")
     save_small_figure(root / "features" / "umap.png", "umap")
     for name, seconds in (("baseline_cnn", 12.5), ("resnet50", 40.0)):

@@ -29,7 +29,8 @@ def notebook_dir(tmp_path):
     folder.mkdir()
     log = tmp_path / "log.txt"
     for number, name in (("01", "first"), ("02", "second"), ("03", "third")):
-        write_notebook(folder / f"{number}_{name}.ipynb", f"open({str(log)!r}, 'a').write('{number} ' + PROFILE + '\\n')")
+        code = f"open({str(log)!r}, 'a').write('{number} ' + PROFILE + '\\n')"
+        write_notebook(folder / f"{number}_{name}.ipynb", code)
     (folder / "scratch.ipynb").write_text("{}")  # not a pipeline notebook: ignored
     return folder
 
@@ -280,7 +281,8 @@ def test_run_all_reports_ctrl_c_in_one_line_with_exit_code_130(tmp_path, monkeyp
     monkeypatch.setattr(runner, "run_pipeline", interrupted)
     assert run_all.main(["--profile", "smoke", "--only", "01"]) == 130
     error = capsys.readouterr().err
-    assert error == "interrupted during 05_train_baseline_cnn; rerun with --resume to skip the notebooks that finished\n"
+    assert error == ("interrupted during 05_train_baseline_cnn; rerun with --resume to skip the notebooks that "
+                     "finished\n")
     with runner.lock_outputs(tmp_path / "smoke"):  # the lock went with the interrupted run
         pass
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures import render_scans
 
 from alzlib import grouping, splits
+from fixtures import render_scans
 
 SCANS, SLICES = 40, 12
 

@@ -171,7 +171,8 @@ def test_control_run_writes_the_model_its_record_and_training_files(control_run)
     assert saved["learning_rates"] == pytest.approx([1e-3] * settings.profile.control_epochs)
     built, _ = models.build_model("baseline_cnn", 3, IMAGE_SIZE, "none")
     dropouts = sum(isinstance(layer, keras.layers.Dropout) for layer in built.layers)
-    assert saved["preprocessing"]["augmentation"] == [] and saved["model_info"]["dropout_layers_switched_off"] == dropouts > 0
+    assert saved["preprocessing"]["augmentation"] == []
+    assert saved["model_info"]["dropout_layers_switched_off"] == dropouts > 0
     assert saved["train_images"] == 24 and saved["val_images"] == 6
     assert saved["preprocessing"]["family"] == "baseline" and saved["seed"] == 7
     assert saved["best_validation"]["val_balanced_accuracy"] is not None

@@ -14,7 +14,7 @@ import nbformat
 PARAMETERS = '''PROFILE = None  # "smoke", "cpu" or "full"; None: ALZ_PROFILE, else full with a GPU and cpu without
 SEED = 42
 DATA_DIR = None  # None: the embedded synthetic cohort (made on first use); else a data set root
-SPLIT = "subject"  # "subject": leakage-safe subject-level split (default); "shipped": the data set's own split; "slice": leaky, demonstration only
+SPLIT = "subject"  # "subject" (default, leakage-safe), "shipped" (the data set's own) or "slice" (leaks: demo only)
 EPOCHS = None  # None: the profile's epoch budget
 WEIGHTS = None  # None or "imagenet": Keras' ImageNet weights where available; "none"; or a weights file
 DETERMINISTIC = False  # True: TensorFlow op determinism (slower; identical reruns)'''
