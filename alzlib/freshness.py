@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alzlib import config
@@ -65,7 +65,7 @@ def _stat_files(folder: str, cut: int, ancestors: frozenset[str]) -> list[tuple[
 def _iso(modified_ns: int | None) -> str | None:
     if modified_ns is None:
         return None
-    return datetime.fromtimestamp(modified_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(modified_ns / 1e9, UTC).isoformat(timespec="seconds")
 
 
 def manifest_fingerprint(settings: config.Settings) -> dict:
