@@ -380,8 +380,13 @@ TRAINING_NUMBERS = ("05", "06", "07", "08")
 # at 20. Units: training images x epochs (05-08), evaluated images (val + test) x 5 models (09), Grad-CAM
 # images x 4 models (10), models (11), robustness images x 4 models, every corruption and severity (12).
 TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
-NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (35.0, 0.20), "07": (49.0, 0.185), "08": (79.0, 0.05),
-                  "09": (16.5, 0.045), "10": (0.0, 3.8), "11": (20.0, 7.0), "12": (34.0, 0.42), "13": (14.0, 0.0)}
+NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (9.0, 0.075), "07": (9.0, 0.0521), "08": (9.0, 0.0363),
+                  "09": (16.5, 0.0094), "10": (0.0, 1.38), "11": (20.0, 0.875), "12": (34.0, 0.215), "13": (8.4, 0.0)}
+# Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s).
+# Machines of one kind differ by up to 2x between sessions, so every estimate is scaled by a speed probe measured
+# just before it (SPEED_PROBE: the baseline CNN's train step at 64 px, batch 16) against the probe on that machine.
+SPEED_REFERENCE_SECONDS = 0.040
+SPEED_FACTOR_BOUNDS = (0.25, 4.0)
 # Each leakage-control model (notebook 05): 5 s to build, trace and score, then its epochs of its training images at
 # the control's 32 px (records of the cpu run: 49-58 s for 60 epochs of 504 images, no augmentation).
 CONTROL_MODEL_COST = (5.0, 0.00165)
@@ -417,8 +422,34 @@ def _core_range(seconds: float, cpu_count: int) -> tuple[float, float]:
     return seconds * ESTIMATE_SPREAD[0] * faster * slower, seconds * ESTIMATE_SPREAD[1] * slower
 
 
+def measure_speed(steps: int = 12) -> float:
+    """Return the seconds of one baseline-CNN train step at 64 px, batch 16, on this machine (after a warm-up)."""
+    import numpy as np
+
+    with config._native_stderr_silenced():
+        import keras
+
+        from alzlib import models
+    model, _ = models.build_model("baseline_cnn", 4, 64, "none")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).random((16, 64, 64, 3), dtype=np.float32)
+    labels = np.arange(16) % 4
+    for _ in range(3):  # tracing and first-call costs
+        model.train_on_batch(images, labels)
+    started = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(images, labels)
+    keras.backend.clear_session()
+    return (time.perf_counter() - started) / steps
+
+
+def speed_factor(step_seconds: float) -> float:
+    """Return how much slower than the reference machine this one is (bounded: a probe is no benchmark)."""
+    return float(min(max(step_seconds / SPEED_REFERENCE_SECONDS, SPEED_FACTOR_BOUNDS[0]), SPEED_FACTOR_BOUNDS[1]))
+
+
 def estimate_run(profile: config.Profile, images: int, train_images: int, numbers: list[str], cpu_count: int = 2,
-                 shipped_split: bool = False) -> dict:
+                 shipped_split: bool = False, speed: float = 1.0) -> dict:
     """Estimate the seconds notebooks `numbers` (05-13) take for `images` ingested images on `cpu_count` cores.
 
     Per-image costs scale with the pixels of the profile's image size; the controls train 4 models (6 when the
@@ -434,14 +465,17 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
                * _work_units(number, profile, images, train_images) for number in numbers if number in NOTEBOOK_COSTS}
     if "05" in seconds:
         seconds["05"] += _control_seconds(profile, control_models, control_train, pixels)
+    seconds = {number: value * speed for number, value in seconds.items()}
     low, high = _core_range(sum(seconds.values()), cpu_count)
     estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
                 "seconds": round(sum(seconds.values()), 1), "low_seconds": round(low, 1),
                 "high_seconds": round(high, 1), "images": images, "train_images": train_images,
                 "image_size": profile.image_size, "epochs": profile.epochs, "control_models": control_models,
                 "control_epochs": profile.control_epochs, "control_train_images": control_train,
-                "cpu_count": cpu_count, "basis": f"costs measured on {REFERENCE_CORES} cores at {REFERENCE_IMAGE_SIZE} "
-                                                 f"px (alzlib.runner.NOTEBOOK_COSTS), scaled by pixels; CPU only"}
+                "cpu_count": cpu_count, "speed_factor": round(speed, 3),
+                "basis": f"costs measured on {REFERENCE_CORES} cores at {REFERENCE_IMAGE_SIZE} px "
+                         f"(alzlib.runner.NOTEBOOK_COSTS), scaled by pixels and by this machine's speed probe; "
+                         f"CPU only"}
     return {**estimate, "line": describe_estimate(estimate)}
 
 
@@ -489,7 +523,7 @@ def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: 
     shipped = bool((report.get("leakage_audit") or {}).get("shipped"))
     try:
         return estimate_run(profile, counts.get("images", 0), counts.get("per_split", {}).get("train", 0), numbers,
-                            _cpu_count(), shipped)
+                            _cpu_count(), shipped, speed_factor(measure_speed()))
     except ValueError:  # an empty or odd report: the notebooks will say what is wrong with it
         return None
 

@@ -379,11 +379,11 @@ def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
     profile = config.PROFILES["cpu"]
     numbers = ["05", "06", "07", "08", "09", "10", "11", "12", "13"]
     estimate = runner.estimate_run(profile, 720, 504, numbers, cpu_count=2)
-    # Measured: 05 242 s (with the four control models at 32 px), 06-13 1,579 s (docs/benchmarks.md): 1,821 s.
-    assert 0.85 * 1821 < estimate["seconds"] < 1.15 * 1821
+    # Measured on 2026-12-06 (idle 2-core machine, the costs' reference): 05-13 in 866 s, 05 alone 246 s.
+    assert 0.85 * 866 < estimate["seconds"] < 1.15 * 866 and estimate["speed_factor"] == 1.0
     assert estimate["low_seconds"] < estimate["seconds"] < estimate["high_seconds"]
     assert list(estimate["notebooks"]) == numbers and estimate["control_models"] == 4
-    assert estimate["line"].startswith("estimated 24 min to 39 min for 05-13 on this machine (2 cores, CPU): "
+    assert estimate["line"].startswith("estimated 12 min to 19 min for 05-13 on this machine (2 cores, CPU): "
                                        "720 images (504 train) x 4 epochs per model at 64 px, 4 control models x 60 "
                                        "epochs of 504; largest ")
 
@@ -394,6 +394,8 @@ def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
     assert runner.estimate_run(profile, 1440, 1008, ["06"])["seconds"] > 1.6 * base
     assert runner.estimate_run(runner.replace(profile, epochs=8), 720, 504, ["06"])["seconds"] > 1.6 * base
     assert runner.estimate_run(runner.replace(profile, image_size=128), 720, 504, ["06"])["seconds"] > 3 * base
+    # A machine twice as slow as the reference (its speed probe) gets twice the estimate.
+    assert runner.estimate_run(profile, 720, 504, ["06"], speed=2.0)["seconds"] == pytest.approx(2 * base, rel=1e-3)
     four, six = (runner.estimate_run(profile, 720, 504, ["05"], shipped_split=shipped) for shipped in (False, True))
     assert six["control_models"] == 6 and six["seconds"] > 1.35 * four["seconds"]
     # The controls stop at the profile's control_images: 86,000 images cost no more control time than 2,400.
@@ -443,3 +445,10 @@ def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monke
     error = capsys.readouterr().err
     assert f"made from {first.resolve()} (split subject, seed 42), not {second.resolve()}" in error
     assert f"python run_all.py --from 01 --profile smoke --data {second}" in error and error.count("\n") == 1
+
+
+def test_speed_factor_is_the_probe_against_the_reference_and_bounded():
+    assert runner.speed_factor(runner.SPEED_REFERENCE_SECONDS) == 1.0
+    assert runner.speed_factor(2 * runner.SPEED_REFERENCE_SECONDS) == pytest.approx(2.0)
+    assert runner.speed_factor(100.0) == runner.SPEED_FACTOR_BOUNDS[1]
+    assert runner.speed_factor(0.0) == runner.SPEED_FACTOR_BOUNDS[0]
