@@ -3,7 +3,9 @@
 Realistic scans are stacks of consecutive axial slices re-sampled from nilearn's MNI152 template with a
 per-scan random affine, smooth elastic warp, intensity change and noise, so that neighbouring slices of
 one scan correlate at about 0.98 on raw pixels while different scans at the same level are also fairly
-similar: the property that makes slice-level splits of the Kaggle set leak.
+similar: the property that makes slice-level splits of the Kaggle set leak. Varied scans (`render_varied_scans`)
+add what real collections do: 6-40 slices per scan, thicker slices (correlations 0.93-0.99) and several sessions
+of one head (same shape and warp, new pose and contrast).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import io
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,34 +55,59 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return about_x @ about_y @ about_z
 
 
-def render_scan(rng: np.random.Generator, slices: int, size: tuple[int, int] = KAGGLE_SIZE,
-                first_slice: float = 24.0, step: float = SLICE_STEP, strength: float = 1.0,
-                noise: float = 3.0) -> np.ndarray:
-    """Return `slices` consecutive axial slices (uint8, slices x H x W) of one randomly deformed template scan."""
+def _slice_points(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Return template voxel coordinates (3 x slices x H x W) of axial slices at `depth`, before any pose."""
     volume = mni_template()
     height, width = size
-    depth = np.arange(slices, dtype=np.float32) * step + first_slice + rng.uniform(-1.0, 1.0)
     z, rows, cols = np.meshgrid(depth, np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32),
                                 indexing="ij")
-    points = np.stack([cols * volume.shape[0] / width, (height - 1 - rows) * volume.shape[1] / height, z])
-    center = (np.array(volume.shape, np.float32) / 2)[:, None, None, None]
-    angles = np.deg2rad(rng.uniform([-3, -3, -8], [3, 3, 8]) * strength)
-    matrix = _rotation(angles) @ np.diag(1 + rng.uniform(-0.1, 0.1, 3) * strength)
-    shift = (rng.uniform([-4, -4, -1.5], [4, 4, 1.5]) * strength)[:, None, None, None]
-    warped = np.tensordot(matrix.astype(np.float32), points - center, axes=1) + center + shift
-    # Smooth elastic warp: a few random low-frequency waves per axis (about 1-3 voxels of displacement).
+    return np.stack([cols * volume.shape[0] / width, (height - 1 - rows) * volume.shape[1] / height, z])
+
+
+def _posed_points(points: np.ndarray, matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Return `points` moved by `matrix` about the template centre and then by `shift` (3 x 1 x 1 x 1)."""
+    center = (np.array(mni_template().shape, np.float32) / 2)[:, None, None, None]
+    return np.tensordot(matrix.astype(np.float32), points - center, axes=1) + center + shift
+
+
+def _draw_waves(rng: np.random.Generator, strength: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw a smooth elastic warp: frequencies, phases and amplitudes of 4 low-frequency waves per axis."""
     frequencies = rng.normal(0, 0.06, (3, 4, 3)).astype(np.float32)
     phases = rng.uniform(0, 2 * np.pi, (3, 4)).astype(np.float32)
     amplitudes = (rng.uniform(0.5, 1.5, (3, 4)) * strength).astype(np.float32)
+    return frequencies, phases, amplitudes
+
+
+def _sample_warped(warped: np.ndarray, waves: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Return the template sampled at `warped` plus the elastic displacement the waves give there."""
+    frequencies, phases, amplitudes = waves
     displacement = np.zeros_like(warped)
     for axis in range(3):
         for wave in range(4):
             phase = np.tensordot(frequencies[axis, wave], warped, axes=1) + phases[axis, wave]
             displacement[axis] += amplitudes[axis, wave] * np.sin(phase)
-    sampled = ndimage.map_coordinates(volume, warped + displacement, order=1, mode="constant")
+    return ndimage.map_coordinates(mni_template(), warped + displacement, order=1, mode="constant")
+
+
+def _to_pixels(rng: np.random.Generator, sampled: np.ndarray, noise: float) -> np.ndarray:
+    """Return uint8 pixels of template intensities after a random gamma, gain and Gaussian noise."""
     gamma, gain = rng.uniform(0.8, 1.25), rng.uniform(0.85, 1.15)
     pixels = np.clip(sampled, 0, 1) ** gamma * gain * 255 + rng.normal(0, noise, sampled.shape)
     return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def render_scan(rng: np.random.Generator, slices: int, size: tuple[int, int] = KAGGLE_SIZE,
+                first_slice: float = 24.0, step: float = SLICE_STEP, strength: float = 1.0,
+                noise: float = 3.0) -> np.ndarray:
+    """Return `slices` consecutive axial slices (uint8, slices x H x W) of one randomly deformed template scan."""
+    depth = np.arange(slices, dtype=np.float32) * step + first_slice + rng.uniform(-1.0, 1.0)
+    points = _slice_points(depth, size)
+    angles = np.deg2rad(rng.uniform([-3, -3, -8], [3, 3, 8]) * strength)
+    matrix = _rotation(angles) @ np.diag(1 + rng.uniform(-0.1, 0.1, 3) * strength)
+    shift = (rng.uniform([-4, -4, -1.5], [4, 4, 1.5]) * strength)[:, None, None, None]
+    warped = _posed_points(points, matrix, shift)
+    # Smooth elastic warp: a few random low-frequency waves per axis (about 1-3 voxels of displacement).
+    return _to_pixels(rng, _sample_warped(warped, _draw_waves(rng, strength)), noise)
 
 
 def render_scans(count: int, slices: int, seed: int = 0, size: tuple[int, int] = KAGGLE_SIZE,
@@ -87,6 +115,96 @@ def render_scans(count: int, slices: int, seed: int = 0, size: tuple[int, int] =
     """Return `count` independent scans of `slices` slices each (same slice levels, different heads)."""
     rng = np.random.default_rng(seed)
     return [render_scan(rng, slices, size=size, strength=strength) for _ in range(count)]
+
+
+def render_sessions(rng: np.random.Generator, sessions: list[tuple[int, float, float]],
+                    size: tuple[int, int] = KAGGLE_SIZE, strength: float = 1.0,
+                    noise: float = 3.0) -> list[np.ndarray]:
+    """Return one scan per (slices, step, first_slice) of one head: shared shape and warp, own pose and contrast."""
+    scale = np.diag(1 + rng.uniform(-0.1, 0.1, 3) * strength)
+    waves = _draw_waves(rng, strength)
+    scans = []
+    for slices, step, first_slice in sessions:
+        depth = np.arange(slices, dtype=np.float32) * step + first_slice
+        angles = np.deg2rad(rng.uniform([-3, -3, -8], [3, 3, 8]) * strength)
+        shift = (rng.uniform([-4, -4, -1.5], [4, 4, 1.5]) * strength)[:, None, None, None]
+        warped = _posed_points(_slice_points(depth, size), _rotation(angles) @ scale, shift)
+        scans.append(_to_pixels(rng, _sample_warped(warped, waves), noise))
+    return scans
+
+
+# Varied scans: slice steps of 1.0-3.2 template voxels give neighbouring-slice correlations of about 0.93-0.99 on
+# raw pixels (measured medians: step 1.0 -> 0.988, 2.0 -> 0.973, 2.5 -> 0.958, 3.0 -> 0.948), the OASIS range.
+# Every scan is centred on the same level, so scans overlap as much as Kaggle's do. The default levels, template z
+# 22-70, are those of the Kaggle fixture (z 24-67); FULL_LEVELS (z 11-73) reaches the cerebellum and the vertex,
+# where thick slices of different heads look alike (harder: see bench/grouping.py).
+VARIED_STEPS = (1.0, 3.2)
+VARIED_SLICES = (6, 40)
+VARIED_LEVELS = (22.0, 70.0)
+FULL_LEVELS = (11.0, 73.0)
+LEVEL_JITTER = 2.0
+
+
+def draw_session(rng: np.random.Generator, slices: tuple[int, int] = VARIED_SLICES,
+                 steps: tuple[float, float] = VARIED_STEPS,
+                 levels: tuple[float, float] = VARIED_LEVELS) -> tuple[int, float, float]:
+    """Draw one scan's (slices, step, first_slice): any count in `slices`, a step that keeps it within `levels`."""
+    span_limit = levels[1] - levels[0] - 2 * LEVEL_JITTER
+    count = int(rng.integers(slices[0], slices[1] + 1))
+    step = float(rng.uniform(steps[0], min(steps[1], max(steps[0], span_limit / max(count - 1, 1)))))
+    centre = (levels[0] + levels[1]) / 2 + float(rng.uniform(-LEVEL_JITTER, LEVEL_JITTER))
+    return count, step, centre - (count - 1) * step / 2
+
+
+class VariedScans(NamedTuple):
+    """Slices of varied scans in a shuffled order, with the truth for each slice."""
+
+    images: np.ndarray  # slices x H x W, uint8
+    scans: np.ndarray  # true scan number per slice
+    subjects: np.ndarray  # true subject number per slice (several scans may share one)
+    positions: np.ndarray  # slice position within its scan
+    levels: np.ndarray  # nominal template z (voxels) of each slice
+
+
+def render_varied_scans(subjects: int, seed: int = 0, size: tuple[int, int] = KAGGLE_SIZE,
+                        sessions: int = 3, repeat_share: float = 0.3, slices: tuple[int, int] = VARIED_SLICES,
+                        steps: tuple[float, float] = VARIED_STEPS, levels: tuple[float, float] = VARIED_LEVELS,
+                        strength: float = 1.0) -> VariedScans:
+    """Return the shuffled slices of `subjects` heads, each with one scan or (at `repeat_share`) 2 to `sessions`.
+
+    Every scan draws its own slice count and step (`draw_session`); sessions of one head share its shape and warp.
+    """
+    rng = np.random.default_rng(seed)
+    scans, plans, subject_of_scan = [], [], []
+    for subject in range(subjects):
+        repeats = int(rng.integers(2, sessions + 1)) if sessions > 1 and rng.random() < repeat_share else 1
+        plan = [draw_session(rng, slices, steps, levels) for _ in range(repeats)]
+        scans += render_sessions(rng, plan, size=size, strength=strength)
+        plans += plan
+        subject_of_scan += [subject] * repeats
+    scan_ids = np.concatenate([np.full(len(scan), number) for number, scan in enumerate(scans)])
+    positions = np.concatenate([np.arange(len(scan)) for scan in scans])
+    levels = np.concatenate([first + step * np.arange(count) for count, step, first in plans])
+    order = rng.permutation(len(scan_ids))
+    return VariedScans(np.concatenate(scans)[order], scan_ids[order], np.asarray(subject_of_scan)[scan_ids][order],
+                       positions[order], levels[order])
+
+
+def scan_neighbour_correlations(cohort: VariedScans) -> dict[int, np.ndarray]:
+    """Return {scan: raw-pixel correlations of its consecutive slices} for every scan in `cohort`."""
+    order = np.lexsort((cohort.positions, cohort.scans))
+    images, scans = cohort.images[order], cohort.scans[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(scans) != 0])
+    return {int(scans[start]): neighbour_correlations(scan)
+            for start, scan in zip(starts, np.split(images, starts[1:]))}
+
+
+def neighbour_correlations(scan: np.ndarray) -> np.ndarray:
+    """Return the raw-pixel Pearson correlation of each pair of consecutive slices of one scan (slices x H x W)."""
+    rows = scan.reshape(len(scan), -1).astype(np.float64)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return np.einsum("ij,ij->i", rows[:-1], rows[1:])
 
 
 def simple_image(seed: int, size: tuple[int, int] = (64, 64)) -> np.ndarray:
