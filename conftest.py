@@ -16,3 +16,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if str(item.fspath).endswith(".ipynb"):
             item.add_marker(pytest.mark.notebooks)
+
+
+@pytest.fixture(autouse=True)
+def smoke_profile_after_every_test(monkeypatch):
+    """Undo any test's change to ALZ_PROFILE (a pipeline run in a test sets it), so the notebook runs that follow
+    stay on the smoke profile: measured, a leaked ALZ_PROFILE=cpu made notebook 05 run the cpu budget and time out."""
+    monkeypatch.setenv("ALZ_PROFILE", "smoke")

@@ -559,6 +559,21 @@ def collect_warnings(summary: dict) -> list[str]:
 
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
                  resume: bool = False, echo=None) -> dict:
+    """Run `steps` with ALZ_PROFILE set for their kernels, restoring the caller's environment afterwards."""
+    saved = os.environ.get("ALZ_PROFILE")
+    os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
+    try:
+        return _run_steps(steps, paths, parameters, kernel, resume, echo)
+    finally:
+        # A caller in the same process (a test session, a notebook) must not inherit this run's profile.
+        if saved is None:
+            os.environ.pop("ALZ_PROFILE", None)
+        else:
+            os.environ["ALZ_PROFILE"] = saved
+
+
+def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None,
+               resume: bool, echo) -> dict:
     """Run `steps` in order, record each one's time and headline in run_summary.json, stop at the first failure or
     Ctrl-C. `echo` prints progress (default: print, flushed).
 
@@ -569,7 +584,6 @@ def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameter
     """
     echo = echo or functools.partial(print, flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
     previous = load_summary(paths)
     data_dir = data_folder(parameters)
     fingerprint = freshness.data_fingerprint(data_dir)

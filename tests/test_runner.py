@@ -1,5 +1,6 @@
 """run_all's runner: notebook selection, papermill execution, fail-fast, timings and resume."""
 
+import os
 import sys
 
 import nbformat
@@ -452,3 +453,16 @@ def test_speed_factor_is_the_probe_against_the_reference_and_bounded():
     assert runner.speed_factor(2 * runner.SPEED_REFERENCE_SECONDS) == pytest.approx(2.0)
     assert runner.speed_factor(100.0) == runner.SPEED_FACTOR_BOUNDS[1]
     assert runner.speed_factor(0.0) == runner.SPEED_FACTOR_BOUNDS[0]
+
+
+def test_a_pipeline_run_leaves_the_callers_profile_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALZ_PROFILE", "smoke")
+    seen = {}
+
+    def fake_steps(steps, paths, parameters, kernel, resume, echo):
+        seen["profile"] = os.environ["ALZ_PROFILE"]
+        return {}
+
+    monkeypatch.setattr(runner, "_run_steps", fake_steps)
+    runner.run_pipeline([], config.OutputPaths(tmp_path), {"PROFILE": "cpu"})
+    assert seen["profile"] == "cpu" and os.environ["ALZ_PROFILE"] == "smoke"
