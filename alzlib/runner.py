@@ -385,7 +385,7 @@ NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (9.0, 0.075), "07": (9.0, 0.0521), 
 # Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s).
 # Machines of one kind differ by up to 2x between sessions, so every estimate is scaled by a speed probe measured
 # just before it (SPEED_PROBE: the baseline CNN's train step at 64 px, batch 16) against the probe on that machine.
-SPEED_REFERENCE_SECONDS = 0.040
+SPEED_REFERENCE_SECONDS = 0.061  # measured idle on that machine: 0.059-0.062 s per step
 SPEED_FACTOR_BOUNDS = (0.25, 4.0)
 # Each leakage-control model (notebook 05): 5 s to build, trace and score, then its epochs of its training images at
 # the control's 32 px (records of the cpu run: 49-58 s for 60 epochs of 504 images, no augmentation).
