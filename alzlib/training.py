@@ -10,6 +10,7 @@ import hashlib
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -505,9 +506,12 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     write_json(paths["history"], history)
     figure = plot_training_curves(history, title=output_name)
     save_figure(figure, paths["curves"])
-    record = _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights,
-                            records, best, checkpoint, seconds, resuming, control, strategy, policy,
-                            len(train_labels), len(val_labels), paths)
+    run = TrainingRun(architecture=name, output_name=output_name, settings=settings, manifest=manifest,
+                      recipe=recipe, spec=spec, info=info, class_names=class_names, class_weights=class_weights,
+                      strategy_name=type(strategy).__name__, dtype_policy=policy, paths=paths,
+                      train_images=len(train_labels), val_images=len(val_labels), control=control, records=records,
+                      best=best, resumed=resuming, checkpoint=checkpoint, seconds=seconds)
+    record = run.recipe_record()
     write_json(paths["record"], record)
     return record
 
@@ -519,51 +523,74 @@ def _move_atomically(source: Path, target: Path) -> None:
     source.unlink()
 
 
-def _recipe_record(name, output_name, settings, manifest, recipe, spec, info, class_names, class_weights, records,
-                   best, checkpoint, seconds, resumed, control, strategy, policy, train_count, val_count,
-                   paths) -> dict:
-    """Return the recipe record: every hyperparameter and what the run did, for models/<name>.json."""
-    best_entry = next((record for record in records if record["epoch"] == best["epoch"]), None)
-    epochs_run = len(records)
-    return {
-        "model": output_name,
-        "architecture": name,
-        "control": control,
-        "synthetic": settings.synthetic,
-        "class_names": class_names,
-        "num_classes": len(class_names),
-        "recipe": recipe,
-        "preprocessing": spec,
-        "model_info": info,
-        "weights": info["weights"],
-        "frozen_layers": info["frozen_layers"],
-        "trainable_layers": info["trainable_layers"],
-        "trainable_parameters": info["trainable_parameters"],
-        "non_trainable_parameters": info["non_trainable_parameters"],
-        "class_weights": {class_names[index]: weight for index, weight in class_weights.items()},
-        "train_images": int(train_count),
-        "val_images": int(val_count),
-        "learning_rates": [record["learning_rate"] for record in records],
-        "epochs_run": epochs_run,
-        "stopped_by_nan": epochs_run < recipe["epochs"],
-        "resumed": resumed,
-        "best_epoch": best["epoch"],
-        "best_validation": best_entry,
-        "checkpoint": checkpoint,
-        "training_seconds": round(seconds, 2),
-        "epoch_seconds": [round(record["seconds"], 2) for record in records],
-        "strategy": type(strategy).__name__,
-        "global_batch_size": recipe["global_batch_size"],
-        "dtype_policy": policy,
-        "seed": settings.seed,
-        "profile": settings.profile.to_dict(),
-        "data_manifest_hash": manifest_hash(manifest),
-        "files": {"model": paths["model"].name, "history": str(paths["history"]), "log": str(paths["csv"]),
-                  "curves": str(paths["curves"]),
-                  "tensorboard": str(paths["tensorboard"]) if tensorboard_available() else
-                  "skipped: the tensorboard package is not installed (pip install tensorboard)"},
-        "run": environment.run_metadata(settings),
-    }
+@dataclass
+class TrainingRun:
+    """What one training run used and did: everything its recipe record (models/<name>.json) is built from."""
+
+    architecture: str
+    output_name: str
+    settings: config.Settings
+    manifest: pd.DataFrame
+    recipe: dict
+    spec: dict
+    info: dict
+    class_names: list[str]
+    class_weights: dict[int, float]
+    strategy_name: str
+    dtype_policy: str
+    paths: dict[str, Path]
+    train_images: int
+    val_images: int
+    control: dict | None = None
+    records: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    resumed: bool = False
+    checkpoint: str = ""
+    seconds: float = 0.0
+
+    def recipe_record(self) -> dict:
+        """Return the recipe record: every hyperparameter and what the run did."""
+        best_entry = next((record for record in self.records if record["epoch"] == self.best.get("epoch")), None)
+        epochs_run, info, paths = len(self.records), self.info, self.paths
+        return {
+            "model": self.output_name,
+            "architecture": self.architecture,
+            "control": self.control,
+            "synthetic": self.settings.synthetic,
+            "class_names": self.class_names,
+            "num_classes": len(self.class_names),
+            "recipe": self.recipe,
+            "preprocessing": self.spec,
+            "model_info": info,
+            "weights": info["weights"],
+            "frozen_layers": info["frozen_layers"],
+            "trainable_layers": info["trainable_layers"],
+            "trainable_parameters": info["trainable_parameters"],
+            "non_trainable_parameters": info["non_trainable_parameters"],
+            "class_weights": {self.class_names[index]: weight for index, weight in self.class_weights.items()},
+            "train_images": int(self.train_images),
+            "val_images": int(self.val_images),
+            "learning_rates": [record["learning_rate"] for record in self.records],
+            "epochs_run": epochs_run,
+            "stopped_by_nan": epochs_run < self.recipe["epochs"],
+            "resumed": self.resumed,
+            "best_epoch": self.best.get("epoch"),
+            "best_validation": best_entry,
+            "checkpoint": self.checkpoint,
+            "training_seconds": round(self.seconds, 2),
+            "epoch_seconds": [round(record["seconds"], 2) for record in self.records],
+            "strategy": self.strategy_name,
+            "global_batch_size": self.recipe["global_batch_size"],
+            "dtype_policy": self.dtype_policy,
+            "seed": self.settings.seed,
+            "profile": self.settings.profile.to_dict(),
+            "data_manifest_hash": manifest_hash(self.manifest),
+            "files": {"model": paths["model"].name, "history": str(paths["history"]), "log": str(paths["csv"]),
+                      "curves": str(paths["curves"]),
+                      "tensorboard": str(paths["tensorboard"]) if tensorboard_available() else
+                      "skipped: the tensorboard package is not installed (pip install tensorboard)"},
+            "run": environment.run_metadata(self.settings),
+        }
 
 
 def load_trained_model(path: str | Path):
