@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from alzlib import config, evaluation, preprocessing, splits, training
+from alzlib import config, evaluation, preprocessing, sampling, splits, training
 from alzlib.storage import write_csv, write_json
 
 ARCHITECTURE = "baseline_cnn"
@@ -85,13 +85,7 @@ def control_subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFr
         chosen, _ = train_test_split(subjects.index.to_numpy(), train_size=wanted, random_state=seed,
                                      stratify=stratify)
         frame = frame[frame["subject_id"].isin(set(chosen))]
-    step = int(np.ceil(len(frame) / max_images))
-    if step <= 1:
-        return frame
-    order = [column for column in ("subject_id", "slice_index", "path") if column in frame.columns]
-    ordered = frame.sort_values(order, kind="stable")
-    position = ordered.groupby("subject_id").cumcount()
-    return ordered[position % step == 0].sort_index()
+    return sampling.thin_slices(frame, max_images)
 
 
 def policy_split(frame: pd.DataFrame, policy: str, seed: int) -> pd.Series:

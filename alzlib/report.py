@@ -21,7 +21,8 @@ OPEN_TABLE_ROWS = 25
 MAX_TABLE_ROWS = 300
 MAX_LIST_ITEMS = 30
 MAX_JSON_DEPTH = 6
-RECORD_FIELDS = ("weights", "training_time_seconds", "best_epoch", "best_val_score", "parameters")
+RECORD_FIELDS = ("weights", "training_time_seconds", "best_epoch", "best_val_score", "parameters", "train_images",
+                 "train_subset")
 WIDE_FIGURE_PIXELS = 900
 CALIBRATION_WORDS = ("ece", "brier", "nll", "temperature")
 # The lab template loads require.js, MathJax and Mermaid from a CDN; the pages must open offline like the report.

@@ -401,7 +401,8 @@ def _work_units(number: str, profile: config.Profile, images: int, train_images:
     """Return the units of work notebook `number` does, in NOTEBOOK_COSTS' terms."""
     evaluated, models = images - train_images, len(config.MODEL_NAMES)
     if number in TRAINED_IN:
-        return train_images * profile.epochs
+        limit = profile.transfer_train_images if TRAINED_IN[number] != "baseline_cnn" else None
+        return min(train_images, limit or train_images) * profile.epochs  # transfer models train on a thinned set
     return {"09": evaluated * (models + 1), "10": profile.gradcam_images * models, "11": models,
             "12": min(profile.robustness_images, evaluated) * models, "13": 0}[number]
 

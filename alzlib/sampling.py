@@ -33,3 +33,17 @@ def stratified_sample(frame: pd.DataFrame, total: int, seed: int, by: str | list
     parts = [group.iloc[np.sort(generator.choice(len(group), size=counts[key], replace=False))]
              for key, group in groups.items()]
     return pd.concat(parts).sort_index()
+
+
+def thin_slices(frame: pd.DataFrame, max_images: int) -> pd.DataFrame:
+    """Return every k-th slice of each subject (in slice order where known), k the least that fits `max_images`.
+
+    Thinning keeps every subject and each scan's slices spread over its whole extent; neighbouring slices of a
+    scan are nearly identical, so every k-th slice loses little that the others do not show.
+    """
+    step = int(np.ceil(len(frame) / max_images)) if max_images > 0 else 1
+    if step <= 1:
+        return frame
+    order = [column for column in ("subject_id", "slice_index", "path") if column in frame.columns]
+    ordered = frame.sort_values(order, kind="stable")
+    return ordered[ordered.groupby("subject_id").cumcount() % step == 0].sort_index()

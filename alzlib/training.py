@@ -445,6 +445,22 @@ def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset,
     ]
 
 
+def _transfer_subset(name: str, profile: config.Profile, manifest: pd.DataFrame, images: np.ndarray
+                     ) -> tuple[pd.DataFrame, np.ndarray, dict | None]:
+    """Return the manifest and images with a transfer model's training rows thinned to the profile's limit."""
+    from alzlib import sampling
+
+    limit = profile.transfer_train_images
+    train = manifest["split"] == "train"
+    if name == "baseline_cnn" or limit is None or train.sum() <= limit:
+        return manifest, images, None
+    kept = sampling.thin_slices(manifest[train], limit).index
+    rows = np.sort(np.concatenate([kept.to_numpy(), np.flatnonzero(~train.to_numpy())]))
+    subset = {"train_images": int(len(kept)), "of_train_images": int(train.sum()), "limit": int(limit),
+              "rule": "every k-th slice of each training subject (profile transfer_train_images); val unchanged"}
+    return manifest.iloc[rows].reset_index(drop=True), images[rows], subset
+
+
 def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
                 output_name: str | None = None, verbose: int = 2, extra_callbacks: tuple = (),
                 budget: dict | None = None, control: dict | None = None) -> dict:
@@ -468,8 +484,9 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     if len(images) != len(manifest):
         raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
     class_names = class_names_of(manifest)
-    train_images, train_labels = split_arrays(manifest, images, "train")
-    val_images, val_labels = split_arrays(manifest, images, "val")
+    trained, trained_images, train_subset = _transfer_subset(name, settings.profile, manifest, images)
+    train_images, train_labels = split_arrays(trained, trained_images, "train")
+    val_images, val_labels = split_arrays(trained, trained_images, "val")
     class_weights = balanced_class_weights(train_labels, len(class_names))
     strategy = environment.distribution_strategy()
     recipe, spec = apply_budget(training_recipe(name, settings.profile, strategy.num_replicas_in_sync, gpu),
@@ -509,7 +526,8 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     run = TrainingRun(architecture=name, output_name=output_name, settings=settings, manifest=manifest,
                       recipe=recipe, spec=spec, info=info, class_names=class_names, class_weights=class_weights,
                       strategy_name=type(strategy).__name__, dtype_policy=policy, paths=paths,
-                      train_images=len(train_labels), val_images=len(val_labels), control=control, records=records,
+                      train_images=len(train_labels), val_images=len(val_labels), control=control,
+                      train_subset=train_subset, records=records,
                       best=best, resumed=resuming, checkpoint=checkpoint, seconds=seconds)
     record = run.recipe_record()
     write_json(paths["record"], record)
@@ -542,6 +560,7 @@ class TrainingRun:
     train_images: int
     val_images: int
     control: dict | None = None
+    train_subset: dict | None = None
     records: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     resumed: bool = False
@@ -569,6 +588,7 @@ class TrainingRun:
             "non_trainable_parameters": info["non_trainable_parameters"],
             "class_weights": {self.class_names[index]: weight for index, weight in self.class_weights.items()},
             "train_images": int(self.train_images),
+            "train_subset": self.train_subset,
             "val_images": int(self.val_images),
             "learning_rates": [record["learning_rate"] for record in self.records],
             "epochs_run": epochs_run,

@@ -395,6 +395,9 @@ def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
     assert runner.estimate_run(profile, 1440, 1008, ["06"])["seconds"] > 1.6 * base
     assert runner.estimate_run(runner.replace(profile, epochs=8), 720, 504, ["06"])["seconds"] > 1.6 * base
     assert runner.estimate_run(runner.replace(profile, image_size=128), 720, 504, ["06"])["seconds"] > 3 * base
+    # The transfer models train on at most the profile's transfer_train_images (1,500 at cpu).
+    kaggle = runner.estimate_run(profile, 6400, 4480, ["06"])["seconds"]
+    assert kaggle == pytest.approx(runner.estimate_run(profile, 2143, 1500, ["06"])["seconds"], rel=1e-3)
     # A machine twice as slow as the reference (its speed probe) gets twice the estimate.
     assert runner.estimate_run(profile, 720, 504, ["06"], speed=2.0)["seconds"] == pytest.approx(2 * base, rel=1e-3)
     four, six = (runner.estimate_run(profile, 720, 504, ["05"], shipped_split=shipped) for shipped in (False, True))
