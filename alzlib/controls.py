@@ -24,8 +24,8 @@ ARCHITECTURE = "baseline_cnn"
 LABEL_CONDITIONS = ("true", "random")
 # A stream number of its own, so the random labels do not repeat the draws of any other seeded step.
 RANDOM_LABEL_STREAM = 7919
-# At least this many subjects, so that a 15% test split holds 10 or more (evaluation.MIN_CONTROL_SUBJECTS).
-MIN_CONTROL_SUBJECTS = 70
+# At least this many subjects, so that a 15% test split holds 10 or more (evaluation.MIN_CONTROL_TEST_SUBJECTS).
+MIN_SUBSET_SUBJECTS = 70
 # The control's budget. The recipe's own (Adam 1e-4 with plateau decay, strong augmentation, dropout, 4 epochs at
 # the cpu profile) cannot memorise: measured on the cpu cohort under a slice split, random-label test balanced
 # accuracy stayed at 0.25 after 30 epochs with dropout on (train accuracy 0.38). Without augmentation and dropout,
@@ -67,7 +67,7 @@ def with_random_labels(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
 def control_subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFrame:
     """Return the rows the controls use: whole subjects drawn stratified by class, thinned to about `max_images`.
 
-    At least MIN_CONTROL_SUBJECTS subjects are drawn (so a 15% test split still has 10 or more). Where they hold
+    At least MIN_SUBSET_SUBJECTS subjects are drawn (so a 15% test split still has 10 or more). Where they hold
     more than `max_images` images, every k-th slice of each subject is kept (in slice order where known): thinning
     keeps each scan's slices spread over its whole extent, so a leaky split still has near neighbours on both
     sides, while dropping subjects would leave too few to test.
@@ -77,7 +77,7 @@ def control_subset(frame: pd.DataFrame, max_images: int, seed: int) -> pd.DataFr
     if len(frame) <= max_images:
         return frame
     subjects = splits.subject_labels(frame)
-    wanted = max(MIN_CONTROL_SUBJECTS, round(len(subjects) * max_images / len(frame)))
+    wanted = max(MIN_SUBSET_SUBJECTS, round(len(subjects) * max_images / len(frame)))
     if wanted < len(subjects):
         counts = subjects.value_counts()
         # Stratify where scikit-learn can (two subjects per class, room for every class on both sides).

@@ -27,7 +27,7 @@ BOOTSTRAP_CHUNK_ELEMENTS = 50_000_000
 PROBABILITY_EPSILON = 1e-12
 # Below this many test subjects a subject bootstrap has too few distinct resamples for its interval to mean much
 # (the smoke profile has 4): the random-label control then says 'inconclusive' instead of passing or failing.
-MIN_CONTROL_SUBJECTS = 10
+MIN_CONTROL_TEST_SUBJECTS = 10
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -711,7 +711,7 @@ def control_check(metrics: dict, num_classes: int | None = None, metric: str = "
     # fixture: 0.07 on 11 clean test subjects).
     tripped = interval["low"] > chance
     verdict = (f"inconclusive: {subjects} test subjects are too few for a bootstrap interval to mean anything "
-               f"(at least {MIN_CONTROL_SUBJECTS} needed)" if subjects < MIN_CONTROL_SUBJECTS else
+               f"(at least {MIN_CONTROL_TEST_SUBJECTS} needed)" if subjects < MIN_CONTROL_TEST_SUBJECTS else
                "FAILS: on random subject labels it scores above chance, so test subjects were recognised from "
                "training: the split leaks" if tripped else
                "passes: on random subject labels it is indistinguishable from chance, so held-out subjects were "
@@ -722,7 +722,7 @@ def control_check(metrics: dict, num_classes: int | None = None, metric: str = "
             "estimate": interval["estimate"], "low": interval["low"], "high": interval["high"],
             "subjects": interval.get("subjects"), "interval_width": width, "upper_bound": interval["high"],
             "detectable_score": min(1.0, chance + width), "includes_chance": bool(includes), "tripped": bool(tripped),
-            "conclusive": subjects >= MIN_CONTROL_SUBJECTS, "verdict": verdict,
+            "conclusive": subjects >= MIN_CONTROL_TEST_SUBJECTS, "verdict": verdict,
             "power_note": (f"with {interval.get('subjects')} test subjects the interval is {width:.2f} wide: a "
                            f"control score of {min(1.0, chance + width):.2f} or more would very likely have been "
                            f"flagged, and scores above {interval['high']:.2f} are ruled out; smaller leaks may pass "

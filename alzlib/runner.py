@@ -407,7 +407,7 @@ def _work_units(number: str, profile: config.Profile, images: int, train_images:
             "12": min(profile.robustness_images, evaluated) * models, "13": 0}[number]
 
 
-def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int, pixels: float) -> float:
+def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int) -> float:
     """Return the seconds the leakage-control models of notebook 05 train for."""
     fixed, per_image = CONTROL_MODEL_COST
     pixels = (profile.control_image_size / CONTROL_REFERENCE_SIZE) ** 2  # the controls train at their own size
@@ -465,7 +465,7 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
     seconds = {number: NOTEBOOK_COSTS[number][0] + NOTEBOOK_COSTS[number][1] * pixels
                * _work_units(number, profile, images, train_images) for number in numbers if number in NOTEBOOK_COSTS}
     if "05" in seconds:
-        seconds["05"] += _control_seconds(profile, control_models, control_train, pixels)
+        seconds["05"] += _control_seconds(profile, control_models, control_train)
     seconds = {number: value * speed for number, value in seconds.items()}
     low, high = _core_range(sum(seconds.values()), cpu_count)
     estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
