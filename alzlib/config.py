@@ -19,6 +19,9 @@ SPLIT_POLICIES = ("subject", "shipped", "slice")
 # Splits that put one subject's slices on both sides on purpose: offered to demonstrate leakage, never to report.
 LEAKY_SPLIT_POLICIES = ("slice",)
 MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0")
+# Models that are not deep networks, trained beside them on the same splits and folds (alzlib.linear): every
+# comparison table carries them, so a CNN has to beat a linear model on pixels to claim anything (Wen et al. 2020).
+BASELINE_MODEL_NAMES = ("linear_pixels",)
 CONTROL_MODEL_NAME = "baseline_cnn_random_labels"
 DEFAULT_SEED = 42
 
@@ -44,6 +47,12 @@ class Profile:
     # training subject beyond this many images (None: all). At the cpu profile the two ResNets took about 20 minutes
     # each on the 4,480 training images of the Kaggle set; thinned to 1,500 they fit a 45-minute run.
     transfer_train_images: int | None = None
+    # Subject-level cross-validation (alzlib.crossval): the number of folds (1: the single split only) and the models
+    # cross-validated; the others are scored on the single split only. Fold models train on every k-th slice of each
+    # training subject beyond `fold_train_images` (None: all).
+    folds: int = 5
+    fold_models: tuple[str, ...] = ("linear_pixels", "baseline_cnn")
+    fold_train_images: int | None = None
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -68,6 +77,7 @@ PROFILES = {
         control_epochs=2,
         control_images=76,
         control_image_size=32,
+        folds=2,
         description="tests and CI: tiny data, one epoch, seconds per notebook",
     ),
     "cpu": Profile(
@@ -85,6 +95,9 @@ PROFILES = {
         control_images=2400,
         control_image_size=32,
         transfer_train_images=1500,
+        folds=5,
+        fold_models=("linear_pixels", "baseline_cnn"),
+        fold_train_images=1500,
         description="default without a GPU: a real but modest run, about 30 minutes on 2 cores",
     ),
     "full": Profile(
@@ -101,6 +114,8 @@ PROFILES = {
         control_epochs=60,
         control_images=8000,
         control_image_size=64,
+        folds=5,
+        fold_models=("linear_pixels", *MODEL_NAMES),
         description="the seed recipe: 224 px, batch 32, 50 epochs; default when a GPU is visible",
     ),
 }
@@ -245,6 +260,7 @@ class Settings:
     weights: str | None
     deterministic: bool
     paths: OutputPaths
+    folds: int = 1
 
     @property
     def synthetic(self) -> bool:
@@ -261,6 +277,7 @@ class Settings:
             "epochs": self.epochs,
             "weights": self.weights,
             "deterministic": self.deterministic,
+            "folds": self.folds,
             "synthetic": self.synthetic,
             "outputs": str(self.paths.root),
         }
@@ -274,6 +291,7 @@ def load_settings(
     epochs: int | None = None,
     weights: str | None = None,
     deterministic: bool = False,
+    folds: int | None = None,
 ) -> Settings:
     """Check the notebook parameters and resolve defaults; raise ValueError naming a bad one."""
     resolved = get_profile(profile)
@@ -285,6 +303,8 @@ def load_settings(
         raise ValueError(f"EPOCHS must be a positive integer or None, got {epochs!r}.")
     if not isinstance(deterministic, bool):
         raise ValueError(f"DETERMINISTIC must be True or False, got {deterministic!r}.")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+        raise ValueError(f"FOLDS must be a positive integer (1: the single split only) or None, got {folds!r}.")
     if weights is not None and weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise ValueError(f"WEIGHTS must be 'imagenet', 'none' or the path of a weights file; {weights!r} is none "
                          f"of these.")
@@ -299,4 +319,5 @@ def load_settings(
         weights=weights,
         deterministic=deterministic,
         paths=output_paths(resolved),
+        folds=resolved.folds if folds is None else folds,
     )

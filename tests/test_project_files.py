@@ -11,7 +11,7 @@ import yaml
 
 from alzlib import config
 
-PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC"]
+PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC", "FOLDS"]
 NOTEBOOKS = sorted(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 # Import names that differ from the distribution that provides them.
 DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml",
@@ -119,7 +119,7 @@ def test_notebook_keeps_the_house_frame(path):
     parameters = [cell for cell in cells if "parameters" in cell.metadata.get("tags", [])]
     assert len(parameters) == 1
     assert re.findall(r"^([A-Z_]+) =", parameters[0].source, flags=re.M) == PARAMETER_NAMES
-    assert "config.load_settings(PROFILE, SEED, DATA_DIR, SPLIT, EPOCHS, WEIGHTS, DETERMINISTIC)" in cells[2].source
+    assert "config.load_settings(PROFILE, SEED, DATA_DIR, SPLIT, EPOCHS, WEIGHTS, DETERMINISTIC, FOLDS)" in cells[2].source
     assert any(cell.cell_type == "markdown" and cell.source.startswith("## Conclusion") for cell in cells)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
 

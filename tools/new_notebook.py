@@ -17,10 +17,11 @@ DATA_DIR = None  # None: the embedded synthetic cohort (made on first use); else
 SPLIT = "subject"  # "subject" (default, leakage-safe), "shipped" (the data set's own) or "slice" (leaks: demo only)
 EPOCHS = None  # None: the profile's epoch budget
 WEIGHTS = None  # None or "imagenet": Keras' ImageNet weights where available; "none"; or a weights file
-DETERMINISTIC = False  # True: TensorFlow op determinism (slower; identical reruns)'''
+DETERMINISTIC = False  # True: TensorFlow op determinism (slower; identical reruns)
+FOLDS = None  # None: the profile's subject-level cross-validation folds (cpu and full 5); 1: the single split only'''
 
 SETTINGS = '''environment.quiet_tensorflow()
-settings = config.load_settings(PROFILE, SEED, DATA_DIR, SPLIT, EPOCHS, WEIGHTS, DETERMINISTIC)
+settings = config.load_settings(PROFILE, SEED, DATA_DIR, SPLIT, EPOCHS, WEIGHTS, DETERMINISTIC, FOLDS)
 environment.set_seeds(settings.seed, settings.deterministic)
 settings.to_dict()'''
 
