@@ -5,6 +5,7 @@
     python run_all.py --profile smoke      # tiny, for a quick check
     python run_all.py --data /path/to/Alzheimer_s\\ Dataset --profile full
     python run_all.py --only 09,10         # re-run some notebooks; --from 05 runs 05 to the end
+    python run_all.py --folds 1            # the single split only, no cross-validation
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "when unavailable) or none (random weights)")
     parser.add_argument("--deterministic", action="store_true",
                         help="TensorFlow op determinism: identical reruns, somewhat slower")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="subject-level cross-validation folds for the profile's fold models (default: the "
+                             "profile's, 5 at cpu and full); 1: the single split only")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
@@ -59,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
-                  "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic}
+                  "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic,
+                  "FOLDS": arguments.folds}
     try:
         settings = config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
-                                        arguments.weights, arguments.deterministic)
+                                        arguments.weights, arguments.deterministic, arguments.folds)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

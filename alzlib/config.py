@@ -226,6 +226,14 @@ class OutputPaths:
         return self.root / "robustness"
 
     @property
+    def folds(self) -> Path:
+        return self.root / "folds"
+
+    @property
+    def crossval(self) -> Path:
+        return self.root / "crossval"
+
+    @property
     def notebooks(self) -> Path:
         return self.root / "notebooks"
 

@@ -445,30 +445,38 @@ def _callbacks(recipe: dict, paths: dict, val_dataset, val_labels, norm_dataset,
     ]
 
 
-def _transfer_subset(name: str, profile: config.Profile, manifest: pd.DataFrame, images: np.ndarray
-                     ) -> tuple[pd.DataFrame, np.ndarray, dict | None]:
-    """Return the manifest and images with a transfer model's training rows thinned to the profile's limit."""
+def _thinned_training(name: str, profile: config.Profile, manifest: pd.DataFrame, images: np.ndarray,
+                      limit: int | None = None) -> tuple[pd.DataFrame, np.ndarray, dict | None]:
+    """Return the manifest and images with the training rows thinned to `limit` images (every k-th slice per subject).
+
+    `limit` None: the profile's transfer_train_images for the transfer models, no limit for the baseline CNN.
+    """
     from alzlib import sampling
 
-    limit = profile.transfer_train_images
+    rule = "every k-th slice of each training subject"
+    if limit is None and name != "baseline_cnn":
+        limit, rule = profile.transfer_train_images, f"{rule} (profile transfer_train_images)"
     train = manifest["split"] == "train"
-    if name == "baseline_cnn" or limit is None or train.sum() <= limit:
+    if limit is None or train.sum() <= limit:
         return manifest, images, None
     kept = sampling.thin_slices(manifest[train], limit).index
     rows = np.sort(np.concatenate([kept.to_numpy(), np.flatnonzero(~train.to_numpy())]))
     subset = {"train_images": int(len(kept)), "of_train_images": int(train.sum()), "limit": int(limit),
-              "rule": "every k-th slice of each training subject (profile transfer_train_images); val unchanged"}
+              "rule": f"{rule}; val unchanged"}
     return manifest.iloc[rows].reset_index(drop=True), images[rows], subset
 
 
 def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
                 output_name: str | None = None, verbose: int = 2, extra_callbacks: tuple = (),
-                budget: dict | None = None, control: dict | None = None) -> dict:
+                budget: dict | None = None, control: dict | None = None, max_train_images: int | None = None,
+                fold: dict | None = None) -> dict:
     """Train `name` on the train split, keep the best validation epoch, write the model and its recipe record.
 
     Writes models/<output_name>.keras and .json and training/<output_name>/ (history.json, log.csv, curves.png,
     tensorboard/). `budget` changes the recipe (see `apply_budget`); `control` describes a control run (its labels
-    and split, see alzlib.controls) and is stored in the record. `extra_callbacks` run after the run's own (after
+    and split, see alzlib.controls) and is stored in the record, as is `fold` (a cross-validation fold, see
+    alzlib.crossval). `max_train_images` thins the training rows to every k-th slice per subject (None: the
+    profile's rule, see `_thinned_training`). `extra_callbacks` run after the run's own (after
     BackupAndRestore, so an epoch they interrupt is backed up). A run killed mid-way resumes from its last
     finished epoch (BackupAndRestore) when called again.
     """
@@ -484,7 +492,8 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     if len(images) != len(manifest):
         raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
     class_names = class_names_of(manifest)
-    trained, trained_images, train_subset = _transfer_subset(name, settings.profile, manifest, images)
+    trained, trained_images, train_subset = _thinned_training(name, settings.profile, manifest, images,
+                                                              max_train_images)
     train_images, train_labels = split_arrays(trained, trained_images, "train")
     val_images, val_labels = split_arrays(trained, trained_images, "val")
     class_weights = balanced_class_weights(train_labels, len(class_names))
@@ -526,7 +535,7 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     run = TrainingRun(architecture=name, output_name=output_name, settings=settings, manifest=manifest,
                       recipe=recipe, spec=spec, info=info, class_names=class_names, class_weights=class_weights,
                       strategy_name=type(strategy).__name__, dtype_policy=policy, paths=paths,
-                      train_images=len(train_labels), val_images=len(val_labels), control=control,
+                      train_images=len(train_labels), val_images=len(val_labels), control=control, fold=fold,
                       train_subset=train_subset, records=records,
                       best=best, resumed=resuming, checkpoint=checkpoint, seconds=seconds)
     record = run.recipe_record()
@@ -560,6 +569,7 @@ class TrainingRun:
     train_images: int
     val_images: int
     control: dict | None = None
+    fold: dict | None = None
     train_subset: dict | None = None
     records: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
@@ -575,6 +585,7 @@ class TrainingRun:
             "model": self.output_name,
             "architecture": self.architecture,
             "control": self.control,
+            "fold": self.fold,
             "synthetic": self.settings.synthetic,
             "class_names": self.class_names,
             "num_classes": len(self.class_names),

@@ -98,16 +98,19 @@ def test_transfer_models_train_on_every_kth_slice_beyond_the_profile_limit_and_t
     manifest = pd.DataFrame(rows)
     images = np.arange(len(manifest), dtype=np.uint8)[:, None, None].repeat(4, 1).repeat(4, 2)
     profile = dataclasses.replace(config.PROFILES["cpu"], transfer_train_images=100)
-    trained, kept, subset = training._transfer_subset("resnet50", profile, manifest, images)
+    trained, kept, subset = training._thinned_training("resnet50", profile, manifest, images)
     train = trained[trained["split"] == "train"]
     assert subset["train_images"] == len(train) == 8 * 10 and subset["of_train_images"] == 240  # every 3rd slice
     assert (train.groupby("subject_id")["slice_index"].agg(list).map(lambda kept: kept == list(range(0, 30, 3)))).all()
     assert (trained["split"] == "val").sum() == 60  # validation untouched
     assert np.array_equal(kept[:, 0, 0], trained["path"].map(dict(zip(manifest["path"], images[:, 0, 0]))))
     for name, limit in (("baseline_cnn", 100), ("resnet50", None), ("resnet50", 500)):
-        same = training._transfer_subset(name, dataclasses.replace(profile, transfer_train_images=limit), manifest,
-                                         images)
+        same = training._thinned_training(name, dataclasses.replace(profile, transfer_train_images=limit), manifest,
+                                          images)
         assert same[0] is manifest and same[2] is None
+    # An explicit limit (cross-validation folds) thins any model, the baseline CNN included.
+    thinned, _, subset = training._thinned_training("baseline_cnn", profile, manifest, images, limit=120)
+    assert (thinned["split"] == "train").sum() == subset["train_images"] == 80 and subset["limit"] == 120
 
 
 def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers():
