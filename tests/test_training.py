@@ -110,7 +110,7 @@ def test_transfer_models_train_on_every_kth_slice_beyond_the_profile_limit_and_t
         assert same[0] is manifest and same[2] is None
     # An explicit limit (cross-validation folds) thins any model, the baseline CNN included.
     thinned, _, subset = training._thinned_training("baseline_cnn", profile, manifest, images, limit=120)
-    assert (thinned["split"] == "train").sum() == subset["train_images"] == 80 and subset["limit"] == 120
+    assert (thinned["split"] == "train").sum() == subset["train_images"] == 120 and subset["limit"] == 120
 
 
 def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers():
