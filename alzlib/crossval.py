@@ -269,3 +269,23 @@ def load_summary(settings: config.Settings) -> dict:
         return {"folds": settings.folds, "models": [], "rows": [],
                 "note": f"{path} does not exist: run the training notebooks (05-08) first"}
     return read_json(path)
+
+
+def run_if_listed(name: str, settings: config.Settings, manifest: pd.DataFrame, ingestion_report: dict,
+                  images: np.ndarray | None = None) -> pd.DataFrame | str:
+    """Cross-validate `name` when this run lists it (see `cross_validated`); return the summary table or why not.
+
+    The summary covers every model cross-validated so far in this run (notebooks 05-08 each add theirs).
+    """
+    from alzlib import pipeline, preprocessing
+
+    if not cross_validated(settings, name):
+        reason = ("FOLDS=1: the single split only" if settings.folds < 2 else
+                  f"the {settings.profile.name} profile cross-validates {', '.join(settings.profile.fold_models)} "
+                  f"only (its time budget)")
+        return f"{name} is not cross-validated in this run ({reason}); its numbers come from the single split."
+    if images is None:
+        images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
+    run_model_folds(name, settings, manifest, images, pipeline.class_names(ingestion_report),
+                    pipeline.data_label(ingestion_report))
+    return summary_table(summarise(settings, manifest))

@@ -191,11 +191,29 @@ def control_headline(settings: config.Settings) -> tuple[str, list[str]]:
             f"(chance {own['chance']:.2f})" + (f", leaky {detected}" if detected else ""), warnings)
 
 
+def crossval_headline(settings: config.Settings, level: str = "subject") -> tuple[str, list[str]]:
+    """Return the cross-validated models' pooled out-of-fold balanced accuracy (or that the run has no folds)."""
+    summary = _read_optional(settings.paths.crossval / "summary.json")
+    if settings.folds < 2:
+        return "single split only (FOLDS=1)", []
+    rows = [row for row in summary.get("rows", []) if row["level"] == level]
+    warnings = [f"cross-validation: {entry['model']} {entry['reason']}" for entry in summary.get("skipped", [])
+                if "stale" in entry.get("reason", "")]
+    warnings += [f"cross-validation: {note}" for notes in (summary.get("notes") or {}).values() for note in notes]
+    if not rows:
+        return f"{settings.folds}-fold cross-validation not summarised", warnings
+    scores = ", ".join(f"{row['model']} " + _interval(*(row[f"balanced_accuracy_pooled{end}"]
+                                                          for end in ("", "_low", "_high"))) for row in rows)
+    text = f"{settings.folds}-fold CV, {level}-level pooled balanced accuracy: {scores}"
+    return text, list(dict.fromkeys(warnings))
+
+
 def baseline_headline(settings: config.Settings) -> tuple[str, list[str]]:
-    """Return notebook 05's headline: the baseline CNN's validation score and the random-label control's."""
+    """Return notebook 05's headline: the baseline CNN's validation score, the folds' and the control's."""
     training, training_warnings = training_headline(settings, "baseline_cnn")
+    folds, fold_warnings = crossval_headline(settings)
     control, control_warnings = control_headline(settings)
-    return f"{training}; {control}", training_warnings + control_warnings
+    return f"{training}; {folds}; {control}", training_warnings + fold_warnings + control_warnings
 
 
 def evaluation_headline(settings: config.Settings) -> tuple[str, list[str]]:
