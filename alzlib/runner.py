@@ -393,6 +393,11 @@ CONTROL_MODEL_COST = (5.0, 0.00165)
 CONTROL_REFERENCE_SIZE = 32
 REFERENCE_CORES = 2
 REFERENCE_IMAGE_SIZE = 64
+# Each cross-validation fold (alzlib.crossval): a model trains on about (K-1)/K x 85% of the images (at most the
+# profile's fold_train_images) at its notebook's per-image cost, plus FOLD_MODEL_SECONDS to build, score and write
+# it; the linear baseline costs LINEAR_FOLD_SECONDS per fit (its 4 values of C on at most a few thousand images).
+FOLD_MODEL_SECONDS = 8.0
+LINEAR_FOLD_SECONDS = 4.0
 # Run-to-run spread of those measurements (ResNet epochs 72-80 s, control models 94-111 s) and a busy machine.
 ESTIMATE_SPREAD = (0.8, 1.3)
 
@@ -405,6 +410,23 @@ def _work_units(number: str, profile: config.Profile, images: int, train_images:
         return min(train_images, limit or train_images) * profile.epochs  # transfer models train on a thinned set
     return {"09": evaluated * (models + 1), "10": profile.gradcam_images * models, "11": models,
             "12": min(profile.robustness_images, evaluated) * models, "13": 0}[number]
+
+
+def _fold_seconds(number: str, profile: config.Profile, images: int, folds: int) -> float:
+    """Return the seconds the cross-validation folds of notebook `number` train for (0 where it has none)."""
+    from alzlib import crossval, linear
+
+    name = TRAINED_IN.get(number)
+    if folds < 2 or name is None:
+        return 0.0
+    per_fold = images * (folds - 1) / folds * (1 - crossval.VALIDATION_FRACTION)
+    units = min(per_fold, profile.fold_train_images or per_fold) * profile.epochs
+    pixels = (profile.image_size / REFERENCE_IMAGE_SIZE) ** 2
+    seconds = folds * (FOLD_MODEL_SECONDS + NOTEBOOK_COSTS[number][1] * pixels * units) if (
+        name in profile.fold_models) else 0.0
+    if number == "05" and linear.NAME in profile.fold_models:
+        seconds += (folds + 1) * LINEAR_FOLD_SECONDS  # its folds and its single-split fit
+    return seconds
 
 
 def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int) -> float:
@@ -450,11 +472,12 @@ def speed_factor(step_seconds: float) -> float:
 
 
 def estimate_run(profile: config.Profile, images: int, train_images: int, numbers: list[str], cpu_count: int = 2,
-                 shipped_split: bool = False, speed: float = 1.0) -> dict:
+                 shipped_split: bool = False, speed: float = 1.0, folds: int | None = None) -> dict:
     """Estimate the seconds notebooks `numbers` (05-13) take for `images` ingested images on `cpu_count` cores.
 
     Per-image costs scale with the pixels of the profile's image size; the controls train 4 models (6 when the
-    data ship a split) of at most `profile.control_images` images for `control_epochs` each. Returns per-notebook
+    data ship a split) of at most `profile.control_images` images for `control_epochs` each; `folds` (None: the
+    profile's) cross-validation folds add the profile's fold models' training (05-08). Returns per-notebook
     seconds, the total, a low-high range and the line to print.
     """
     if images < 1 or not 0 < train_images <= images:
@@ -464,8 +487,11 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
     control_models = 6 if shipped_split else 4
     seconds = {number: NOTEBOOK_COSTS[number][0] + NOTEBOOK_COSTS[number][1] * pixels
                * _work_units(number, profile, images, train_images) for number in numbers if number in NOTEBOOK_COSTS}
+    folds = profile.folds if folds is None else folds
     if "05" in seconds:
         seconds["05"] += _control_seconds(profile, control_models, control_train)
+    for number in seconds:
+        seconds[number] += _fold_seconds(number, profile, images, folds)
     seconds = {number: value * speed for number, value in seconds.items()}
     low, high = _core_range(sum(seconds.values()), cpu_count)
     estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
@@ -473,6 +499,7 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
                 "high_seconds": round(high, 1), "images": images, "train_images": train_images,
                 "image_size": profile.image_size, "epochs": profile.epochs, "control_models": control_models,
                 "control_epochs": profile.control_epochs, "control_train_images": control_train,
+                "folds": folds, "fold_models": list(profile.fold_models) if folds > 1 else [],
                 "cpu_count": cpu_count, "speed_factor": round(speed, 3),
                 "basis": f"costs measured on {REFERENCE_CORES} cores at {REFERENCE_IMAGE_SIZE} px "
                          f"(alzlib.runner.NOTEBOOK_COSTS), scaled by pixels and by this machine's speed probe; "
@@ -498,8 +525,14 @@ def describe_estimate(estimate: dict) -> str:
     return (f"estimated {low} to {high} for {span} on this machine ({estimate['cpu_count']} cores, CPU): "
             f"{estimate['images']:,} images ({estimate['train_images']:,} train) x {_epochs(estimate['epochs'])} per "
             f"model at {estimate['image_size']} px, {estimate['control_models']} control models x "
-            f"{_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}; largest {largest} "
+            f"{_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}"
+            f"{_folds(estimate)}; largest {largest} "
             f"(~{format_duration(estimate['notebooks'][largest])})")
+
+
+def _folds(estimate: dict) -> str:
+    models = estimate.get("fold_models") or []
+    return f", {estimate['folds']} folds of {', '.join(models)}" if estimate.get("folds", 1) > 1 and models else ""
 
 
 def _epochs(count: int) -> str:
@@ -524,7 +557,7 @@ def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: 
     shipped = bool((report.get("leakage_audit") or {}).get("shipped"))
     try:
         return estimate_run(profile, counts.get("images", 0), counts.get("per_split", {}).get("train", 0), numbers,
-                            _cpu_count(), shipped, speed_factor(measure_speed()))
+                            _cpu_count(), shipped, speed_factor(measure_speed()), parameters.get("FOLDS"))
     except ValueError:  # an empty or odd report: the notebooks will say what is wrong with it
         return None
 
