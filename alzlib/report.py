@@ -388,6 +388,8 @@ def _training_section(context: _Context) -> str:
             parts.append(context.note(context.root / "models" / f"{name}.json"))
             continue
         parts.append(_details("recipe record", _json_html(records[name])))
+        if records[name].get("framework") == "scikit-learn":
+            continue  # fitted in one call: no epochs, no curves
         images = _images_in(folder)
         parts.append(_gallery(context, images) if images else context.note(folder / "curves.png"))
     return "".join(parts)
@@ -530,7 +532,93 @@ def _leakage_section(context: _Context) -> str:
     return "".join(parts) or context.note(context.root / "evaluation" / "leakage_demonstration.json")
 
 
+PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated: pooled out-of-fold predictions, every subject"),
+                ("paired_differences.csv", "single split: the test subjects"))
+PAIRED_COLUMNS = ("model_a", "model_b", "level", "subjects", "difference", "low", "high", "p_value_holm", "supported")
+
+
+def _crossval_html(context: _Context) -> str:
+    """Which models were cross-validated, how, and their table (subject level: mean +- sd over folds, pooled)."""
+    from alzlib import crossval
+
+    summary = context.json(context.root / "crossval" / "summary.json")
+    if not isinstance(summary, dict):
+        return ""
+    if summary.get("folds", 1) < 2:
+        return f"<p><strong>Cross-validation</strong>: {_text(summary.get('note', 'not run'))}</p>"
+    models = summary.get("models") or []
+    single = [name for name in _evaluated_models(context) if name not in models and name != config.CONTROL_MODEL_NAME]
+    parts = [f"<p><strong>{summary['folds']}-fold subject-level cross-validation</strong> (scikit-learn "
+             "StratifiedGroupKFold over subjects, stratified by class; validation carved from the training folds by "
+             f"subject) of {_text(', '.join(models) or 'no model')}. Subject level: each subject's soft vote; mean "
+             "and standard deviation over the folds, and the pooled out-of-fold score with its 95% subject-bootstrap "
+             "interval."
+             + (f" Scored on the single split only (the profile's time budget): {_text(', '.join(single))}."
+                if single else "") + "</p>"]
+    table = crossval.summary_table(summary, "subject")
+    if len(table):
+        parts.append(_frame_html(table))
+    notes = [note for entries in (summary.get("notes") or {}).values() for note in entries]
+    notes += [f"{entry['model']}: {entry['reason']}" for entry in summary.get("skipped") or []]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{_text(note)}</li>" for note in dict.fromkeys(notes)) + "</ul>")
+    return "".join(parts)
+
+
+def _baseline_verdicts(frame: pd.DataFrame) -> list[str]:
+    """Return one plain sentence per deep model paired with the linear baseline: does it beat it beyond chance?"""
+    from alzlib import linear
+
+    sentences = []
+    for row in frame.itertuples(index=False):
+        if linear.NAME not in (row.model_a, row.model_b) or row.model_a == row.model_b:
+            continue
+        deep, sign = (row.model_b, -1) if row.model_a == linear.NAME else (row.model_a, 1)
+        difference, low, high = (sign * value for value in (row.difference, row.low, row.high))
+        low, high = min(low, high), max(low, high)
+        beats = bool(row.supported) and difference > 0
+        sentences.append(f"{deep} {'beats' if beats else 'does NOT beat'} {linear.NAME} at {row.level} level: "
+                         f"difference {difference:+.3f} [{low:+.3f}, {high:+.3f}]"
+                         + ("" if beats else " — not more than its interval, so the data do not show that the CNN "
+                                             "learned more than a linear model on pixels"))
+    return sentences
+
+
+def _paired_html(context: _Context) -> str:
+    """Each paired-difference table (cross-validated first), its sentences, and the verdicts against linear_pixels."""
+    parts = []
+    for name, caption in PAIRED_FILES:
+        path = context.root / "comparison" / name
+        if not path.is_file():
+            continue
+        frame = context.load(path, pd.read_csv)
+        if frame is None or frame.empty:
+            continue
+        parts.append(f"<h3>Paired differences in balanced accuracy, {_text(caption)}</h3>"
+                     "<p>Model A minus model B on the same subjects; 95% interval from a paired bootstrap that "
+                     "resamples subjects within each class; Holm-corrected across pairs. A difference is supported "
+                     "only when its corrected interval excludes 0.</p>")
+        shown = frame[[column for column in PAIRED_COLUMNS if column in frame.columns]]
+        parts.append(_frame_html(shown.round(3)))
+        if "sentence" in frame:
+            parts.append("<ul>" + "".join(f"<li>{_text(text)}</li>" for text in frame["sentence"]) + "</ul>")
+        if {"model_a", "model_b", "difference", "low", "high", "supported", "level"} <= set(frame.columns):
+            verdicts = _baseline_verdicts(frame)
+            if verdicts:
+                parts.append("<p><strong>Against the non-deep baseline:</strong></p><ul>"
+                             + "".join(f"<li>{_text(text)}</li>" for text in verdicts) + "</ul>")
+    return "".join(parts)
+
+
+def _statistics_section(context: _Context) -> str:
+    """Cross-validation, then paired model differences with the verdicts against the linear baseline."""
+    body = _crossval_html(context) + _paired_html(context)
+    return body or context.note("crossval/summary.json and comparison/paired_differences*.csv")
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[_Context], str]], ...] = (
+    ("statistics", "Can the data tell the models apart? Cross-validation and paired differences",
+     _statistics_section),
     ("leakage", "Leakage controls: random-label control, demonstration and audit", _leakage_section),
     ("run", "Run metadata", _run_metadata_section),
     ("data", "Data summary and leakage audit", _data_section),

@@ -1,0 +1,51 @@
+"""The report's statistics section: which models were cross-validated, paired differences, the linear verdicts."""
+
+import json
+
+import pandas as pd
+
+from alzlib import config, report
+
+
+def write_statistics_outputs(root):
+    (root / "crossval").mkdir(parents=True)
+    (root / "comparison").mkdir(parents=True)
+    row = {"model": "baseline_cnn", "level": "subject", "folds": 5, "subjects": 180, "images": 720,
+           "balanced_accuracy_mean": 0.61, "balanced_accuracy_sd": 0.05, "balanced_accuracy_pooled": 0.6,
+           "balanced_accuracy_pooled_low": 0.52, "balanced_accuracy_pooled_high": 0.68}
+    models = ["linear_pixels", "baseline_cnn"]
+    summary = {"folds": 5, "fold_models": models, "models": models,
+               "skipped": [], "notes": {"baseline_cnn": ["class ModerateDemented has 2 subjects for 5 folds: 3 test "
+                                                         "folds lack it"]},
+               "rows": [row, {**row, "model": "linear_pixels", "balanced_accuracy_pooled": 0.5}]}
+    (root / "crossval" / "summary.json").write_text(json.dumps(summary))
+    pd.DataFrame([
+        {"model_a": "baseline_cnn", "model_b": "linear_pixels", "level": "subject", "subjects": 180,
+         "difference": 0.10, "low": 0.04, "high": 0.16, "p_value_holm": 0.01, "supported": True,
+         "sentence": "baseline_cnn vs linear_pixels: +0.10 [0.04, 0.16], supported"},
+        {"model_a": "linear_pixels", "model_b": "resnet50", "level": "subject", "subjects": 180,
+         "difference": 0.02, "low": -0.08, "high": 0.12, "p_value_holm": 1.0, "supported": False,
+         "sentence": "linear_pixels vs resnet50: +0.02 [-0.08, 0.12], not supported"},
+    ]).to_csv(root / "comparison" / "paired_differences_crossval.csv", index=False)
+
+
+def test_statistics_section_says_what_was_cross_validated_and_which_cnn_beats_the_linear_baseline(tmp_path):
+    paths = config.OutputPaths(tmp_path / "cpu")
+    write_statistics_outputs(paths.root)
+    document = report.render_report_html(paths)
+    section = document[document.index('<section id="statistics">'):document.index('<section id="leakage">')]
+    assert "5-fold subject-level cross-validation" in section and "linear_pixels, baseline_cnn" in section
+    assert "0.610 ± 0.050" in section and "3 test folds lack it" in section
+    assert "baseline_cnn beats linear_pixels at subject level: difference +0.100 [+0.040, +0.160]" in section
+    # Model B against the baseline: the sign is turned so the sentence reads from the deep model's side.
+    assert "resnet50 does NOT beat linear_pixels at subject level: difference -0.020 [-0.120, +0.080]" in section
+    assert "cross-validated: pooled out-of-fold predictions" in section
+
+
+def test_a_single_split_run_says_so_in_the_statistics_section(tmp_path):
+    paths = config.OutputPaths(tmp_path / "cpu")
+    (paths.root / "crossval").mkdir(parents=True)
+    (paths.root / "crossval" / "summary.json").write_text(json.dumps(
+        {"folds": 1, "models": [], "note": "single split only (FOLDS=1): no cross-validation"}))
+    document = report.render_report_html(paths)
+    assert "single split only (FOLDS=1): no cross-validation" in document
