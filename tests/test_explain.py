@@ -109,8 +109,11 @@ def test_gradcam_builds_on_each_architecture(name, tmp_path):
         uint8_images = np.random.default_rng(1).integers(0, 255, (2, 32, 32), dtype=np.uint8)
         record = explain.explain_model(model, uint8_images, examples, ["A", "B", "C", "D"],
                                        preprocessing_spec(name, 32), tmp_path, name, "synthetic cohort", seed=0)
-        assert record["target_layer"] == ["spatial_attention"] and "attention.png" in record["figures"]
+        # At 32 px the attention layer's map is 1 x 1: the stage explains an earlier backbone block instead.
+        assert record["target_layer"] == ["resnet50", "conv2_block3_out"] and "attention.png" in record["figures"]
+        assert (record["map_height"], record["map_width"]) == (8, 8)
         assert (tmp_path / "attention.png").stat().st_size > 1000 and "skipped" in record["localisation"]
+        assert "skipped" in record["cascading_randomisation"]
 
 
 def test_randomisation_check_returns_rank_correlations(square_model):
@@ -181,46 +184,66 @@ def test_masks_follow_the_letterbox_geometry_with_nearest_neighbour(tmp_path):
 
 def test_explain_model_writes_results_and_summary(square_model, tmp_path):
     images, labels, masks = _squares(12, seed=5)
-    mask_paths = []
-    for index, mask in enumerate(masks):
-        path = tmp_path / "masks" / f"SYN{index:04d}_slice00.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(mask).save(path)
-        mask_paths.append(str(path))
     predictions = pd.DataFrame({"path": [f"/data/{index}.jpg" for index in range(12)],
                                 "subject_id": [f"SYN{index:04d}" for index in range(12)], "split": "test",
                                 "label_index": labels, "pred_index": labels})
     predictions.loc[0, "pred_index"] = 1  # one wrong prediction to show
-    mask_paths[0] = None  # an image without a mask: its scores stay undefined, the others are still scored
-    manifest = predictions[["path"]].assign(mask_path=mask_paths)
-    examples = explain.select_examples(predictions, per_class=3, seed=0, manifest=manifest)
+    examples = explain.select_examples(predictions, per_class=3, seed=0)
     assert len(examples) == 7 and (examples["outcome"] == "wrong").sum() == 1
-    assert examples.equals(explain.select_examples(predictions, per_class=3, seed=0, manifest=manifest))
+    assert examples.equals(explain.select_examples(predictions, per_class=3, seed=0))
     chosen = examples["path"].map({path: index for index, path in enumerate(predictions["path"])}).to_numpy()
-    # Negative images have no mask: their localisation is undefined, the positives' is well above 1.
+    # Localisation: 12 test images (their masks from files) and 24 training images for the class priors.
+    train_images, train_labels, train_masks = _squares(24, seed=6)
+    (tmp_path / "masks").mkdir()
+    mask_paths = []
+    for index, mask in enumerate(np.concatenate([masks, train_masks])):
+        mask_paths.append(str(tmp_path / "masks" / f"SYN{index:04d}_slice00.png"))
+        Image.fromarray(mask).save(mask_paths[-1])
+    manifest = pd.DataFrame({"path": [f"/data/{index}.jpg" for index in range(36)],
+                             "subject_id": [f"SYN{index:04d}" for index in range(36)],
+                             "label_index": np.concatenate([labels, train_labels]), "mask_path": mask_paths,
+                             "split": ["test"] * 12 + ["train"] * 24})
+    sample = explain.localisation_sample(manifest, np.concatenate([images, train_images]), 2, seed=0)
     record = explain.explain_model(square_model, images[chosen], examples, ["empty", "square"], None,
-                                   tmp_path / "gradcam" / "square", "square", "synthetic cohort", seed=0)
+                                   tmp_path / "gradcam" / "square", "square", "synthetic cohort", seed=0,
+                                   localisation=sample, cascade=True)
     folder = tmp_path / "gradcam" / "square"
     assert json.loads((folder / "gradcam.json").read_text()) == record
-    assert record["target_layer"] == ["backbone", "conv_b"]
-    for name in ("overlays.png", "randomisation.png"):
+    assert record["target_layer"] == ["backbone", "conv_b"] and (record["map_height"], record["map_width"]) == (16, 16)
+    for name in ("overlays.png", "randomisation.png", "cascading_randomisation.png"):
         assert name in record["figures"] and (folder / name).stat().st_size > 1000
-    overall = {entry["component"]: entry for entry in record["localisation"] if entry["class"] == "all"}
-    assert overall["ventricles"]["mean"] > 2 and overall["ventricles"]["images"] == 3
+    # Localisation: the square class's true-class maps point at the square; images without atrophy are undefined.
+    per_class = {entry["class"]: entry for entry in record["localisation"]["per_class"]}
+    assert per_class["square"]["images"] == 6 and per_class["square"]["auroc_trained"] > 0.9
+    assert per_class["empty"]["images"] == 0 and per_class["square"]["verdict_vs_prior"] == "beats"
+    assert record["localisation"]["explained_class"] == "true"
+    energy = {entry["component"]: entry for entry in record["localisation"]["energy_ratio"] if entry["class"] == "all"}
+    assert energy["ventricles"]["mean"] > 2 and energy["ventricles"]["images"] == 6
+    assert len(pd.read_csv(folder / "localisation_per_image.csv")) == 12
     per_image = pd.read_csv(folder / "per_image.csv")
     assert len(per_image) == 7
-    assert per_image.loc[per_image["path"] == "/data/0.jpg", "localisation_any"].isna().all()
     # An all-zero map (no evidence for 'empty' anywhere) has no ranks: undefined, and counted as such.
     defined = per_image["randomisation_spearman"].dropna()
     assert defined.between(-1, 1).all() and len(defined) >= 1
     assert record["randomisation"]["undefined"] == 7 - len(defined)
     assert record["randomisation"]["signed_undefined"] <= record["randomisation"]["undefined"]
+    cascade = record["cascading_randomisation"]
+    assert cascade["required_layer"] == "backbone/conv_b" and cascade["verdict"] in ("pass", "fail")
+    steps = pd.read_csv(folder / "cascading_randomisation.csv")
+    assert list(steps["layer"]) == ["none", "predictions", "backbone/conv_b", "backbone/conv_a"]
 
     summary = explain.summarise_explanations(tmp_path / "gradcam", ["square", "resnet50"])
-    assert summary.loc[0, "model"] == "square" and summary.loc[0, "localisation_ventricles"] > 2
+    assert summary.loc[0, "model"] == "square" and summary.loc[0, "map_height"] == 16
+    assert summary.loc[0, "localisation_auroc_trained"] > 0.9
+    assert summary.loc[0, "cascade_verdict"] == cascade["verdict"]
+    assert "randomisation_mean_signed_spearman" in summary.columns
     written = json.loads((tmp_path / "gradcam" / "summary.json").read_text())
-    assert written["missing"][0]["model"] == "resnet50"
-    assert (tmp_path / "gradcam" / "localisation.csv").is_file()
+    assert written["missing"][0]["model"] == "resnet50" and set(written["rules"]) == {
+        "target_layer", "cascading_randomisation", "localisation"}
+    combined = pd.read_csv(tmp_path / "gradcam" / "localisation.csv")
+    assert set(combined["class"]) == {"all", "empty", "square"} and (combined["model"] == "square").all()
+    cascades = pd.read_csv(tmp_path / "gradcam" / "cascading_randomisation.csv")
+    assert list(cascades.columns[:4]) == ["model", "step", "layer", "layers_randomised"] and len(cascades) == 4
     with pytest.raises(ValueError, match="align"):
         explain.explain_model(square_model, images[:2], examples, ["empty", "square"], None, folder, "square", "")
 
