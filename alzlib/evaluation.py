@@ -11,12 +11,15 @@ import numpy as np
 import pandas as pd
 
 from alzlib import config
+from alzlib.metrics import ORDINAL_METRICS, confusion_scores, mean_absolute_stage_error, quadratic_weighted_kappa
 from alzlib.storage import read_json, save_figure, write_csv, write_json, write_parquet
 
 CONFIDENCE = 0.95
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auc")
+# Every name the vectorised bootstrap knows: the ordinal scores are reported for the 4-class task only.
+BOOTSTRAP_METRICS = (*INTERVAL_METRICS, *ORDINAL_METRICS)
 EVALUATED_SPLITS = ("val", "test")
 LEVELS = ("slice", "subject")
 PREDICTION_COLUMNS = ("path", "subject_id", "split", "label_index")
@@ -25,6 +28,10 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 # Keeps the (resamples x slices) weight matrix of one bootstrap chunk near 400 MB at most.
 BOOTSTRAP_CHUNK_ELEMENTS = 50_000_000
 PROBABILITY_EPSILON = 1e-12
+# Largest gap allowed between the model's own probabilities and the softmax of the logits computed beside them.
+LOGIT_CHECK_TOLERANCE = 1e-4
+# Below this many validation subjects a temperature for the subject vote would be fitted on too few points to trust.
+MIN_VOTE_CALIBRATION_SUBJECTS = 10
 # Below this many test subjects a subject bootstrap has too few distinct resamples for its interval to mean much
 # (the smoke profile has 4): the random-label control then says 'inconclusive' instead of passing or failing.
 MIN_CONTROL_TEST_SUBJECTS = 10
@@ -165,19 +172,42 @@ def classification_metrics(y_true, probabilities, class_names: Sequence[str] | N
         "per_class": per_class,
         "roc_auc": roc["per_class"],
         "confusion_matrix": confusion_matrices(labels, predictions, len(names)),
+        **ordinal_metrics(labels, predictions, names if class_names is not None else None),
     }
+
+
+def is_ordinal_task(class_names: Sequence[str] | None) -> bool:
+    """True for the 4-class task in stage order (config.CLASS_NAMES): the one task whose class indices are stages."""
+    return class_names is not None and tuple(class_names) == tuple(config.CLASS_NAMES)
+
+
+def ordinal_metrics(y_true, predictions, class_names: Sequence[str] | None) -> dict:
+    """Return quadratic weighted kappa and mean absolute error in stages, or None for both with the reason."""
+    if not is_ordinal_task(class_names):
+        reason = (f"ordinal metrics apply to the 4-class task in stage order {' < '.join(config.CLASS_NAMES)}; "
+                  f"this task's classes are {list(class_names) if class_names is not None else 'not named'}")
+        return {"quadratic_kappa": None, "mean_absolute_error": None, "ordinal_reason": reason}
+    kappa = quadratic_weighted_kappa(y_true, predictions, len(config.CLASS_NAMES))
+    reason = None if math.isfinite(kappa) else "kappa undefined: a single class in both truth and prediction"
+    return {"quadratic_kappa": _finite_or_none(kappa),
+            "mean_absolute_error": mean_absolute_stage_error(y_true, predictions), "ordinal_reason": reason}
+
+
+def _bin_index(values: np.ndarray, bins: int) -> np.ndarray:
+    """Return the equal-width bin (0..bins-1) of each value in [0, 1]; bins are (lower, upper], 0 in the first."""
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}.")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.searchsorted(edges, values, side="left") - 1, 0, bins - 1)
 
 
 def calibration_bins(y_true, probabilities, bins: int = ECE_BINS) -> dict:
     """Return the equal-width bins of max-probability confidence with count, mean confidence and accuracy per bin."""
     labels, scores = _check_labels_and_probabilities(y_true, probabilities)
-    if bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins}.")
     confidence = scores.max(axis=1)
     correct = (scores.argmax(axis=1) == labels).astype(np.float64)
+    index = _bin_index(confidence, bins)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    # Bins are (lower, upper]; a confidence of exactly 0 (impossible for a softmax) would fall in the first.
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
     counts = np.bincount(index, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
@@ -192,6 +222,54 @@ def expected_calibration_error(y_true, probabilities, bins: int = ECE_BINS) -> f
     filled = table["count"] > 0
     gaps = np.abs(table["accuracy"][filled] - table["confidence"][filled])
     return float(np.sum(table["count"][filled] * gaps) / table["count"].sum())
+
+
+def _calibration_gaps(scores: np.ndarray, outcomes: np.ndarray, bins: int) -> np.ndarray:
+    """Return per image its bin membership and its signed gap (outcome - score) in that bin (images x 2 bins)."""
+    membership = np.eye(bins)[_bin_index(scores, bins)]
+    return np.hstack([membership, membership * (np.asarray(outcomes, dtype=np.float64) - scores)[:, None]])
+
+
+def _calibration_error_from_sums(sums: np.ndarray) -> np.ndarray:
+    """Return the binned calibration error of each row of summed `_calibration_gaps` (resamples x 2 bins)."""
+    bins = sums.shape[1] // 2
+    return np.abs(sums[:, bins:]).sum(axis=1) / sums[:, :bins].sum(axis=1)
+
+
+def _calibration_tables(labels: np.ndarray, scores: np.ndarray, bins: int) -> list[np.ndarray]:
+    """Return the gap tables of the top-label calibration, then of each class one-vs-rest."""
+    top_label = _calibration_gaps(scores.max(axis=1), scores.argmax(axis=1) == labels, bins)
+    return [top_label, *(_calibration_gaps(scores[:, index], labels == index, bins)
+                         for index in range(scores.shape[1]))]
+
+
+def classwise_calibration_error(y_true, probabilities, class_names: Sequence[str] | None = None,
+                                bins: int = ECE_BINS) -> dict:
+    """Return each class's one-vs-rest ECE (its probability against being that class) and their mean (Kull 2019)."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    names = _class_names(class_names, scores.shape[1])
+    errors = [float(_calibration_error_from_sums(table.sum(axis=0, keepdims=True))[0])
+              for table in _calibration_tables(labels, scores, bins)[1:]]
+    return {"per_class": dict(zip(names, errors, strict=True)), "mean": float(np.mean(errors))}
+
+
+def calibration_intervals(y_true, probabilities, subject_ids, n: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = config.DEFAULT_SEED, bins: int = ECE_BINS,
+                          confidence: float = CONFIDENCE) -> dict:
+    """Return subject-bootstrap percentile intervals of the ECE and the mean classwise ECE.
+
+    The resamples are those of `bootstrap_intervals` for the same seed (subjects drawn within their class).
+    """
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
+    codes, counts, num_subjects = _bootstrap_counts(labels, subject_ids, n, seed)
+    tables = _calibration_tables(labels, scores, bins)
+    estimates = [_calibration_error_from_sums(table.sum(axis=0, keepdims=True))[0] for table in tables]
+    values = [_calibration_error_from_sums(counts @ subject_sums(codes, num_subjects, table)) for table in tables]
+    intervals = {"ece": percentile_interval(values[0], estimates[0], confidence),
+                 "classwise_ece": percentile_interval(np.mean(values[1:], axis=0), np.mean(estimates[1:]), confidence)}
+    for entry in intervals.values():
+        entry["subjects"] = num_subjects
+    return intervals
 
 
 def brier_score(y_true, probabilities) -> float:
@@ -264,7 +342,7 @@ def soft_vote(probabilities, subject_ids, y_true) -> tuple[np.ndarray, np.ndarra
     return mean_scores.index.to_numpy(), subject_labels.to_numpy(np.int64), mean_scores.to_numpy(np.float64)
 
 
-def _subject_codes(subject_ids, count: int) -> tuple[np.ndarray, int]:
+def subject_codes(subject_ids, count: int) -> tuple[np.ndarray, int]:
     """Return an integer code per slice for its subject and the number of subjects."""
     subjects = np.asarray(subject_ids)
     if len(subjects) != count:
@@ -275,29 +353,53 @@ def _subject_codes(subject_ids, count: int) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), len(uniques)
 
 
+def subject_strata(codes: np.ndarray, labels: np.ndarray, num_subjects: int) -> np.ndarray:
+    """Return the class each subject is resampled within: its most frequent label (ties: the lower), as in splits."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.zeros((num_subjects, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (codes, labels), 1)
+    return counts.argmax(axis=1)
+
+
+def resample_subject_counts(classes: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Return how often each subject is drawn in each resample (resamples x subjects), drawing within each class.
+
+    Each resample draws, with replacement, as many subjects of each class as the data has of that class, so that no
+    resample lacks a class and every score that averages over classes is defined in every resample.
+    """
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"The number of bootstrap resamples must be a positive integer, got {resamples!r}.")
+    generator = np.random.default_rng(seed)
+    classes = np.asarray(classes)
+    counts = np.zeros((int(resamples), len(classes)), dtype=np.int64)
+    for label in np.unique(classes):
+        members = np.flatnonzero(classes == label)
+        # Drawing n subjects of a class with replacement is a multinomial draw of their counts.
+        counts[:, members] = generator.multinomial(len(members), np.full(len(members), 1.0 / len(members)),
+                                                   size=int(resamples))
+    return counts
+
+
+def subject_sums(codes: np.ndarray, num_subjects: int, values: np.ndarray) -> np.ndarray:
+    """Return the column sums of `values` (slices x columns) per subject (subjects x columns)."""
+    sums = np.zeros((num_subjects, values.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, values)
+    return sums
+
+
+def subject_confusions(codes: np.ndarray, num_subjects: int, labels: np.ndarray, predictions: np.ndarray,
+                       num_classes: int) -> np.ndarray:
+    """Return each subject's confusion counts, flattened (subjects x classes²): resample counts @ this = confusions."""
+    pairs = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions, dtype=np.int64)
+    return subject_sums(codes, num_subjects, np.eye(num_classes * num_classes)[pairs])
+
+
 def _confusion_batch(labels: np.ndarray, predictions: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
     """Return weighted confusion matrices, one per weight row (resamples x true x predicted)."""
     pair = labels * num_classes + predictions
     one_hot = np.zeros((len(labels), num_classes * num_classes))
     one_hot[np.arange(len(labels)), pair] = 1.0
     return (weights @ one_hot).reshape(len(weights), num_classes, num_classes)
-
-
-def _metrics_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """Return accuracy, balanced accuracy, macro and weighted F1 for a batch of confusion matrices (sklearn rules)."""
-    true_positive = np.diagonal(confusion, axis1=1, axis2=2)
-    support = confusion.sum(axis=2)
-    predicted = confusion.sum(axis=1)
-    total = support.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(support > 0, true_positive / support, np.nan)
-        f1_denominator = support + predicted
-        f1 = np.where(f1_denominator > 0, 2 * true_positive / f1_denominator, np.nan)
-        weighted_f1 = np.nansum(np.where(support > 0, f1 * support, 0.0), axis=1) / total
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, handled by the caller
-            return {"accuracy": true_positive.sum(axis=1) / total, "balanced_accuracy": np.nanmean(recall, axis=1),
-                    "macro_f1": np.nanmean(f1, axis=1), "weighted_f1": weighted_f1}
 
 
 def _weighted_auc_batch(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -330,22 +432,16 @@ def _weighted_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarra
     results = {}
     confusion_names = [name for name in metrics if name != "macro_auc"]
     if confusion_names:
-        batch = _metrics_from_confusion(_confusion_batch(labels, scores.argmax(axis=1), weights, scores.shape[1]))
+        batch = confusion_scores(_confusion_batch(labels, scores.argmax(axis=1), weights, scores.shape[1]))
         results.update({name: batch[name] for name in confusion_names})
     if "macro_auc" in metrics:
         results["macro_auc"] = _macro_auc_batch(labels, scores, weights)
     return results
 
 
-def _resample_subject_counts(num_subjects: int, resamples: int, seed: int) -> np.ndarray:
-    """Return how often each subject is drawn in each resample (resamples x subjects); seeded."""
-    generator = np.random.default_rng(seed)
-    # Drawing S subjects with replacement is a multinomial draw of their counts.
-    return generator.multinomial(num_subjects, np.full(num_subjects, 1.0 / num_subjects), size=resamples)
-
-
-def _interval(values: np.ndarray, estimate, confidence: float) -> dict:
-    """Return the percentile interval of the defined bootstrap values around the point estimate."""
+def percentile_interval(values: np.ndarray, estimate, confidence: float = CONFIDENCE) -> dict:
+    """Return the percentile interval of the defined bootstrap values (undefined ones counted) around `estimate`."""
+    values = np.asarray(values, dtype=np.float64)
     defined = values[np.isfinite(values)]
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = (np.percentile(defined, [tail, 100.0 - tail]) if len(defined) else (np.nan, np.nan))
@@ -354,24 +450,33 @@ def _interval(values: np.ndarray, estimate, confidence: float) -> dict:
             "undefined_resamples": int(len(values) - len(defined))}
 
 
+def _bootstrap_counts(labels: np.ndarray, subject_ids, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Return slice subject codes, the class-stratified resample counts (n x subjects) and the subject count."""
+    codes, num_subjects = subject_codes(subject_ids, len(labels))
+    counts = resample_subject_counts(subject_strata(codes, labels, num_subjects), n, seed)
+    return codes, counts, num_subjects
+
+
 def bootstrap_intervals(y_true, probabilities, subject_ids, metrics: Sequence[str] = INTERVAL_METRICS,
                         n: int = BOOTSTRAP_RESAMPLES, seed: int = config.DEFAULT_SEED,
                         confidence: float = CONFIDENCE) -> dict:
-    """Return percentile intervals of several metrics from one seeded bootstrap that resamples subjects."""
+    """Return percentile intervals of several metrics from one seeded bootstrap that resamples subjects.
+
+    Subjects are drawn with replacement within each class (stratified), so every resample holds every class.
+    """
     labels, scores = _check_labels_and_probabilities(y_true, probabilities)
-    unknown = set(metrics) - set(INTERVAL_METRICS)
+    unknown = set(metrics) - set(BOOTSTRAP_METRICS)
     if unknown:
-        raise ValueError(f"Unknown metric(s) {sorted(unknown)}: expected names from {INTERVAL_METRICS} or a callable.")
+        raise ValueError(f"Unknown metric(s) {sorted(unknown)}: expected names from {BOOTSTRAP_METRICS} or a callable.")
     if n < 1 or not 0 < confidence < 1:
         raise ValueError(f"Need n >= 1 resamples and 0 < confidence < 1; got n={n}, confidence={confidence}.")
-    codes, num_subjects = _subject_codes(subject_ids, len(labels))
-    counts = _resample_subject_counts(num_subjects, n, seed)
+    codes, counts, num_subjects = _bootstrap_counts(labels, subject_ids, n, seed)
     estimates = _weighted_metrics(labels, scores, np.ones((1, len(labels))), metrics)
     chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // len(labels))
     parts = [_weighted_metrics(labels, scores, counts[start:start + chunk][:, codes].astype(np.float64), metrics)
              for start in range(0, n, chunk)]
-    intervals = {name: _interval(np.concatenate([part[name] for part in parts]), estimates[name][0], confidence)
-                 for name in metrics}
+    intervals = {name: percentile_interval(np.concatenate([part[name] for part in parts]), estimates[name][0],
+                                           confidence) for name in metrics}
     for entry in intervals.values():
         entry["subjects"] = num_subjects
     return intervals
@@ -382,47 +487,21 @@ def subject_bootstrap(y_true, probabilities, subject_ids, metric: str | Callable
                       confidence: float = CONFIDENCE) -> dict:
     """Return the point estimate and percentile interval of `metric` from a bootstrap that resamples subjects.
 
-    `metric` is a name from INTERVAL_METRICS (vectorised) or a callable `metric(y_true, probabilities) -> float`
-    evaluated on each resample (slower). Slices of one subject always enter or leave a resample together.
+    `metric` is a name from BOOTSTRAP_METRICS (vectorised) or a callable `metric(y_true, probabilities) -> float`
+    evaluated on each resample (slower). Slices of one subject always enter or leave a resample together, and
+    subjects are drawn within their class (the same resamples as `bootstrap_intervals` for the same seed).
     """
     if not callable(metric):
         return bootstrap_intervals(y_true, probabilities, subject_ids, (metric,), n, seed, confidence)[metric]
     labels, scores = _check_labels_and_probabilities(y_true, probabilities)
-    codes, num_subjects = _subject_codes(subject_ids, len(labels))
-    counts = _resample_subject_counts(num_subjects, n, seed)
+    codes, counts, num_subjects = _bootstrap_counts(labels, subject_ids, n, seed)
     values = []
     for row in counts:
         selected = np.repeat(np.arange(len(labels)), row[codes])
         values.append(metric(labels[selected], scores[selected]))
-    result = _interval(np.asarray(values, dtype=np.float64), metric(labels, scores), confidence)
+    result = percentile_interval(np.asarray(values, dtype=np.float64), metric(labels, scores), confidence)
     result["subjects"] = num_subjects
     return result
-
-
-# ----------------------------------------------------------------------------------------------- paired test
-
-
-def mcnemar_test(correct_a, correct_b, exact_below: int = 25) -> dict:
-    """Return McNemar's test of two classifiers' paired correctness (exact binomial below `exact_below` discordant)."""
-    from scipy.stats import binomtest, chi2
-
-    first, second = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if first.shape != second.shape or first.ndim != 1:
-        raise ValueError(f"correct_a and correct_b must be 1-D and paired; got shapes {first.shape} and "
-                         f"{second.shape}.")
-    only_first, only_second = int(np.sum(first & ~second)), int(np.sum(~first & second))
-    discordant = only_first + only_second
-    table = {"both_correct": int(np.sum(first & second)), "only_a_correct": only_first,
-             "only_b_correct": only_second, "both_wrong": int(np.sum(~first & ~second))}
-    if discordant == 0:
-        return {**table, "statistic": 0.0, "p_value": 1.0, "method": "no discordant pairs"}
-    if discordant < exact_below:
-        p_value = binomtest(min(only_first, only_second), discordant, 0.5).pvalue
-        return {**table, "statistic": float(min(only_first, only_second)), "p_value": float(min(1.0, p_value)),
-                "method": "exact binomial"}
-    statistic = (abs(only_first - only_second) - 1) ** 2 / discordant
-    return {**table, "statistic": float(statistic), "p_value": float(chi2.sf(statistic, 1)),
-            "method": "chi-square with continuity correction"}
 
 
 # ----------------------------------------------------------------------------------------------- predictions
@@ -439,6 +518,48 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np
     return outputs if _is_probability_matrix(outputs) else softmax(outputs)
 
 
+def _final_dense(model):
+    """Return the model's last layer when it is a Dense layer ending in softmax or no activation, else None."""
+    import keras
+
+    layers = getattr(model, "layers", None) or [None]
+    final = layers[-1]
+    activation = getattr(getattr(final, "activation", None), "__name__", "")
+    return final if isinstance(final, keras.layers.Dense) and activation in ("softmax", "linear") else None
+
+
+def predict_with_logits(model, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Return (probabilities, logits or None, where the logits came from), predicted in one pass.
+
+    The project's models end in Dense(softmax) (alzlib.models): their logits are the penultimate features @ kernel +
+    bias of that layer, computed here in float64 from a sub-model that outputs those features beside the
+    probabilities. A model ending in a Dense layer without activation outputs its logits directly. Any other model
+    gets logits None, and temperature scaling falls back to its probabilities.
+    """
+    import keras
+
+    if len(images) == 0:
+        raise ValueError("No images to predict.")
+    final = _final_dense(model)
+    if final is None:
+        return predict_probabilities(model, images, batch_size), None, "none: the model does not end in a Dense layer"
+    if final.activation.__name__ == "linear":
+        logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+        return softmax(logits), logits, "model output (final Dense without activation)"
+    both = keras.Model(model.inputs, [final.input, model.outputs[0]])
+    features, probabilities = both.predict(images, batch_size=batch_size, verbose=0)
+    kernel = np.asarray(keras.ops.convert_to_numpy(final.kernel), dtype=np.float64)
+    bias = (np.asarray(keras.ops.convert_to_numpy(final.bias), dtype=np.float64) if final.use_bias
+            else np.zeros(kernel.shape[1]))
+    logits = np.asarray(features, dtype=np.float64) @ kernel + bias
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    # A float32 softmax of the same logits agrees to about 1e-7; a larger gap means the layer is not what it seems.
+    if not np.allclose(softmax(logits), probabilities, atol=LOGIT_CHECK_TOLERANCE):
+        reason = f"none: the softmax of the computed logits is off the model's output by over {LOGIT_CHECK_TOLERANCE}"
+        return probabilities, None, reason
+    return probabilities, logits, f"penultimate features @ kernel + bias of the final Dense layer {final.name!r}"
+
+
 def prepare_for_model(images: np.ndarray, spec: dict | None) -> np.ndarray:
     """Return model-ready float images: `prepare_images(images, spec)`, or the arrays as float32 when spec is None."""
     if spec is not None:
@@ -449,8 +570,12 @@ def prepare_for_model(images: np.ndarray, spec: dict | None) -> np.ndarray:
     return arrays[..., np.newaxis] if arrays.ndim == 3 else arrays
 
 
-def predictions_frame(manifest: pd.DataFrame, probabilities: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """Return the predictions table: path, subject_id, split, label_index, prob_<class>..., pred_index."""
+def predictions_frame(manifest: pd.DataFrame, probabilities: np.ndarray, class_names: Sequence[str],
+                      logits: np.ndarray | None = None) -> pd.DataFrame:
+    """Return the predictions table: path, subject_id, split, label_index, prob_<class>..., pred_index, logit_<class>...
+
+    The logit columns are written only when `logits` are given.
+    """
     missing = [column for column in PREDICTION_COLUMNS if column not in manifest.columns]
     if missing:
         raise ValueError(f"The manifest lacks column(s) {missing} needed for predictions.")
@@ -458,12 +583,16 @@ def predictions_frame(manifest: pd.DataFrame, probabilities: np.ndarray, class_n
     if len(scores) != len(manifest):
         raise ValueError(f"{len(scores)} probability rows for {len(manifest)} manifest rows: images and manifest "
                          f"must align.")
+    if logits is not None and np.shape(logits) != scores.shape:
+        raise ValueError(f"logits have shape {np.shape(logits)}; expected the probabilities' shape {scores.shape}.")
     names = _class_names(class_names, scores.shape[1])
     frame = manifest.loc[:, list(PREDICTION_COLUMNS)].reset_index(drop=True).copy()
     frame["label_index"] = frame["label_index"].astype(np.int64)
     for index, name in enumerate(names):
         frame[f"prob_{name}"] = scores[:, index]
     frame["pred_index"] = scores.argmax(axis=1).astype(np.int64)
+    for index, name in enumerate(names if logits is not None else []):
+        frame[f"logit_{name}"] = np.asarray(logits, dtype=np.float64)[:, index]
     return frame
 
 
@@ -474,6 +603,15 @@ def probability_columns(frame: pd.DataFrame, class_names: Sequence[str]) -> np.n
     if missing:
         raise ValueError(f"The predictions table lacks {missing}: were they written for other class names?")
     return frame[columns].to_numpy(np.float64)
+
+
+def logit_columns(frame: pd.DataFrame, class_names: Sequence[str]) -> np.ndarray | None:
+    """Return the logit_<class> columns as an array, or None when the table has no complete, finite logits."""
+    columns = [f"logit_{name}" for name in class_names]
+    if not set(columns) <= set(frame.columns):
+        return None
+    values = frame[columns].to_numpy(np.float64)
+    return values if np.isfinite(values).all() else None
 
 
 def subject_predictions_frame(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
@@ -566,39 +704,88 @@ def plot_reliability_diagram(tables: dict[str, dict], title: str):
 # ----------------------------------------------------------------------------------------------- per model
 
 
-def calibration_summary(y_true, probabilities, bins: int = ECE_BINS) -> dict:
-    """Return ECE, Brier score, negative log-likelihood and the reliability table."""
+def calibration_summary(y_true, probabilities, bins: int = ECE_BINS, subject_ids=None,
+                        n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = config.DEFAULT_SEED,
+                        class_names: Sequence[str] | None = None) -> dict:
+    """Return ECE, classwise ECE, Brier score, negative log-likelihood and the reliability table.
+
+    With `subject_ids`, also subject-bootstrap intervals of the ECE and the mean classwise ECE.
+    """
     table = calibration_bins(y_true, probabilities, bins)
-    return {"ece": expected_calibration_error(y_true, probabilities, bins), "brier": brier_score(y_true, probabilities),
-            "nll": negative_log_likelihood(y_true, probabilities), "bins": strict_json(table)}
+    summary = {"ece": expected_calibration_error(y_true, probabilities, bins),
+               "classwise_ece": classwise_calibration_error(y_true, probabilities, class_names, bins),
+               "brier": brier_score(y_true, probabilities), "nll": negative_log_likelihood(y_true, probabilities),
+               "bins": strict_json(table)}
+    if subject_ids is not None:
+        intervals = calibration_intervals(y_true, probabilities, subject_ids, n_bootstrap, seed, bins)
+        summary.update(ece_interval=intervals["ece"], classwise_ece_interval=intervals["classwise_ece"])
+    return summary
 
 
 def _level_results(labels, scores, subjects, class_names, n_bootstrap, seed, bins) -> dict:
     """Return the metrics, intervals and calibration of one split at one level (slice or subject)."""
+    names = BOOTSTRAP_METRICS if is_ordinal_task(class_names) else INTERVAL_METRICS
     return {"metrics": classification_metrics(labels, scores, class_names),
-            "intervals": bootstrap_intervals(labels, scores, subjects, INTERVAL_METRICS, n_bootstrap, seed),
-            "calibration": calibration_summary(labels, scores, bins),
+            "intervals": bootstrap_intervals(labels, scores, subjects, names, n_bootstrap, seed),
+            "calibration": calibration_summary(labels, scores, bins, subjects, n_bootstrap, seed, class_names),
             "images": int(len(labels)), "subjects": int(pd.Series(subjects).nunique())}
 
 
-def _temperature_results(frame: pd.DataFrame, class_names: Sequence[str], bins: int) -> dict:
-    """Fit the temperature on validation and report test calibration before and after it (or why it was skipped)."""
+def _scaled_calibration(validation: tuple, test: tuple, kind: str, bins: int, n_bootstrap: int, seed: int) -> dict:
+    """Fit a temperature on validation (labels, inputs, probabilities) and report test calibration before and after.
+
+    Each tuple is (labels, temperature inputs of `kind`, the probabilities those inputs stand for, subject ids).
+    """
+    validation_labels, validation_inputs, validation_scores, _ = validation
+    test_labels, test_inputs, test_scores, test_subjects = test
+    temperature = fit_temperature(validation_inputs, validation_labels, kind=kind)
+    scaled = apply_temperature(test_inputs, temperature, kind)
+    at_bound = any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_BOUNDS)
+    return {"temperature": temperature, "at_search_bound": at_bound,
+            "val_nll_before": negative_log_likelihood(validation_labels, validation_scores),
+            "val_nll_after": negative_log_likelihood(validation_labels,
+                                                     apply_temperature(validation_inputs, temperature, kind)),
+            "test_before": calibration_summary(test_labels, test_scores, bins, test_subjects, n_bootstrap, seed),
+            "test_after": calibration_summary(test_labels, scaled, bins, test_subjects, n_bootstrap, seed),
+            "test_accuracy_unchanged": bool(np.array_equal(scaled.argmax(axis=1), test_scores.argmax(axis=1)))}
+
+
+def _split_inputs(rows: pd.DataFrame, class_names: Sequence[str], use_logits: bool) -> tuple:
+    """Return (labels, temperature inputs, probabilities, subject ids) of one split's rows."""
+    probabilities = probability_columns(rows, class_names)
+    inputs = logit_columns(rows, class_names) if use_logits else probabilities
+    return rows["label_index"].to_numpy(), inputs, probabilities, rows["subject_id"].to_numpy()
+
+
+def _temperature_results(frame: pd.DataFrame, votes: pd.DataFrame, class_names: Sequence[str], bins: int,
+                         n_bootstrap: int, seed: int) -> dict:
+    """Fit temperatures on validation (slices on logits where saved; the subject vote) and report test calibration."""
     splits = set(frame["split"])
     if not {"val", "test"} <= splits:
         return {"skipped": f"temperature scaling needs val and test predictions; found {sorted(splits)}"}
     validation, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
-    validation_scores = probability_columns(validation, class_names)
-    test_scores = probability_columns(test, class_names)
-    temperature = fit_temperature(validation_scores, validation["label_index"], kind="probabilities")
-    test_labels = test["label_index"].to_numpy()
-    scaled = apply_temperature(test_scores, temperature, kind="probabilities")
-    return {"temperature": temperature, "fitted_on": "val",
-            "val_nll_before": negative_log_likelihood(validation["label_index"], validation_scores),
-            "val_nll_after": negative_log_likelihood(
-                validation["label_index"], apply_temperature(validation_scores, temperature, "probabilities")),
-            "test_before": calibration_summary(test_labels, test_scores, bins),
-            "test_after": calibration_summary(test_labels, scaled, bins),
-            "test_accuracy_unchanged": bool(np.array_equal(scaled.argmax(axis=1), test_scores.argmax(axis=1)))}
+    use_logits = logit_columns(validation, class_names) is not None and logit_columns(test, class_names) is not None
+    kind = "logits" if use_logits else "probabilities"
+    result = {"fitted_on": "val", "fitted_on_logits": use_logits,
+              "input": ("logits (logit_<class> columns of predictions.parquet)" if use_logits else
+                        "log of the stored probabilities, clipped at 1e-12 (fallback: the predictions have no logits; "
+                        "an overconfident model's temperature is underestimated this way)"),
+              **_scaled_calibration(_split_inputs(validation, class_names, use_logits),
+                                    _split_inputs(test, class_names, use_logits), kind, bins, n_bootstrap, seed)}
+    result["subject_vote"] = _vote_temperature(votes, class_names, bins, n_bootstrap, seed)
+    return result
+
+
+def _vote_temperature(votes: pd.DataFrame, class_names: Sequence[str], bins: int, n_bootstrap: int, seed: int) -> dict:
+    """Fit a temperature for the subject vote on the validation subjects' log mean probabilities, or say why not."""
+    validation, test = votes[votes["split"] == "val"], votes[votes["split"] == "test"]
+    if len(validation) < MIN_VOTE_CALIBRATION_SUBJECTS:
+        return {"skipped": f"{len(validation)} validation subjects: too few to fit a temperature for the subject vote "
+                           f"(at least {MIN_VOTE_CALIBRATION_SUBJECTS} needed)"}
+    return {"fitted_on": "val subjects", "val_subjects": int(len(validation)),
+            "input": "log of each subject's mean slice probability (the soft vote)",
+            **_scaled_calibration(_split_inputs(validation, class_names, False),
+                                  _split_inputs(test, class_names, False), "probabilities", bins, n_bootstrap, seed)}
 
 
 def _write_figures(result: dict, frame: pd.DataFrame, class_names, out_dir: Path, model_name: str,
@@ -629,14 +816,23 @@ def _write_figures(result: dict, frame: pd.DataFrame, class_names, out_dir: Path
 def evaluate_predictions(frame: pd.DataFrame, class_names: Sequence[str], out_dir: str | Path,
                          seed: int = config.DEFAULT_SEED, data_label: str = "", model_name: str = "model",
                          n_bootstrap: int = BOOTSTRAP_RESAMPLES, bins: int = ECE_BINS, figures: bool = True,
-                         scored_on: str = "true labels") -> dict:
-    """Compute every metric of a predictions table, write metrics.json, ROC curves and (optionally) figures."""
+                         scored_on: str = "true labels", *, logit_source: str | None = None) -> dict:
+    """Compute every metric of a predictions table, write metrics.json, ROC curves and (optionally) figures.
+
+    `logit_source` says how the table's logit_<class> columns were computed (recorded in metrics.json).
+    """
     out_dir = Path(out_dir)
     names = list(class_names)
+    has_logits = logit_columns(frame, names) is not None
     result = {"model": model_name, "data_label": data_label, "class_names": names, "seed": seed,
               "scored_on": scored_on,
-              "bootstrap": {"resamples": n_bootstrap, "unit": "subject", "confidence": CONFIDENCE,
-                            "method": "percentile"},
+              "bootstrap": {"resamples": n_bootstrap, "unit": "subject", "stratified_by": "class",
+                            "confidence": CONFIDENCE, "method": "percentile"},
+              "logits": {"saved": has_logits,
+                         "source": logit_source or ("logit_<class> columns of the predictions table" if has_logits
+                                                    else "none: the predictions table has no logit_<class> columns")},
+              "ordinal_metrics": ("quadratic_kappa and mean_absolute_error (stages) with the other intervals"
+                                  if is_ordinal_task(names) else ordinal_metrics([], [], names)["ordinal_reason"]),
               "ece_bins": bins, "splits": {}, "roc_curves": {}}
     subject_frame = subject_predictions_frame(frame, names)
     for split in [name for name in EVALUATED_SPLITS if name in set(frame["split"])]:
@@ -650,7 +846,7 @@ def evaluate_predictions(frame: pd.DataFrame, class_names: Sequence[str], out_di
         result["roc_curves"][split] = roc["curves"]
     if not result["splits"]:
         raise ValueError(f"No val or test rows among the predictions (splits present: {sorted(set(frame['split']))}).")
-    result["temperature_scaling"] = _temperature_results(frame, names, bins)
+    result["temperature_scaling"] = _temperature_results(frame, subject_frame, names, bins, n_bootstrap, seed)
     write_parquet(out_dir / "subject_predictions.parquet", subject_frame)
     result["figures"] = _write_figures(result, frame, names, out_dir, model_name, data_label, bins) if figures else []
     roc_curves = result.pop("roc_curves")
@@ -664,7 +860,7 @@ def evaluate_model(model, images: np.ndarray, manifest: pd.DataFrame, class_name
                    out_dir: str | Path, seed: int = config.DEFAULT_SEED, data_label: str = "",
                    model_name: str | None = None, batch_size: int = 32, n_bootstrap: int = BOOTSTRAP_RESAMPLES,
                    bins: int = ECE_BINS, figures: bool = True) -> dict:
-    """Predict the val/test images, write predictions.parquet, metrics.json and figures; return the metrics.
+    """Predict the val/test images, write predictions.parquet (with logits), metrics.json and figures; return metrics.
 
     `images` are the uint8 cache arrays aligned with `manifest` rows; `spec` is the model's recorded
     preprocessing spec (None: the images are already model-ready).
@@ -672,13 +868,13 @@ def evaluate_model(model, images: np.ndarray, manifest: pd.DataFrame, class_name
     if len(images) != len(manifest):
         raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
     name = model_name or getattr(model, "name", "model")
-    probabilities = predict_probabilities(model, prepare_for_model(images, spec), batch_size)
-    frame = predictions_frame(manifest, probabilities, class_names)
+    probabilities, logits, logit_source = predict_with_logits(model, prepare_for_model(images, spec), batch_size)
+    frame = predictions_frame(manifest, probabilities, class_names, logits)
     write_parquet(Path(out_dir) / "predictions.parquet", frame)
     # A control's frame carries its true labels aside and random subject labels as label (alzlib.controls).
     scored_on = "random subject labels (control)" if "true_label" in manifest.columns else "true labels"
     return evaluate_predictions(frame, class_names, out_dir, seed, data_label, name, n_bootstrap, bins, figures,
-                                scored_on)
+                                scored_on, logit_source=logit_source)
 
 
 # ----------------------------------------------------------------------------------------------- all models
@@ -729,6 +925,15 @@ def control_check(metrics: dict, num_classes: int | None = None, metric: str = "
                            f"unseen")}
 
 
+def _temperature_row(scaling: dict, split: str) -> dict:
+    """Return the temperature columns of a summary row: test calibration after the level's temperature, if fitted."""
+    after = scaling.get("test_after") if split == "test" else None
+    return {"temperature": scaling.get("temperature") if after else None,
+            "temperature_on_logits": scaling.get("fitted_on_logits", False) if after else None,
+            "ece_after_temperature": after["ece"] if after else None,
+            "brier_after_temperature": after["brier"] if after else None}
+
+
 def summary_rows(metrics: dict, split: str = "test") -> list[dict]:
     """Return the summary table rows (one per level) of one model's metrics.json content."""
     if split not in metrics["splits"]:
@@ -739,15 +944,16 @@ def summary_rows(metrics: dict, split: str = "test") -> list[dict]:
         row = {"model": metrics["model"], "split": split, "level": level, "images": entry["images"],
                "subjects": entry["subjects"], "data_label": metrics.get("data_label", ""),
                "scored_on": metrics.get("scored_on", "true labels")}
-        for name in INTERVAL_METRICS:
-            interval = entry["intervals"][name]
-            row.update({name: interval["estimate"], f"{name}_low": interval["low"], f"{name}_high": interval["high"]})
-        row.update({"ece": entry["calibration"]["ece"], "brier": entry["calibration"]["brier"],
-                    "nll": entry["calibration"]["nll"]})
-        after = scaling.get("test_after") if level == "slice" and split == "test" else None
-        row.update({"temperature": scaling.get("temperature") if after else None,
-                    "ece_after_temperature": after["ece"] if after else None,
-                    "brier_after_temperature": after["brier"] if after else None})
+        for name in BOOTSTRAP_METRICS:  # the ordinal ones are None outside the 4-class task
+            interval = entry["intervals"].get(name) or {}
+            row.update({name: interval.get("estimate"), f"{name}_low": interval.get("low"),
+                        f"{name}_high": interval.get("high")})
+        calibration = entry["calibration"]
+        ece_interval = calibration.get("ece_interval") or {}
+        row.update({"ece": calibration["ece"], "ece_low": ece_interval.get("low"), "ece_high": ece_interval.get("high"),
+                    "classwise_ece": (calibration.get("classwise_ece") or {}).get("mean"),
+                    "brier": calibration["brier"], "nll": calibration["nll"]})
+        row.update(_temperature_row(scaling if level == "slice" else scaling.get("subject_vote", {}), split))
         rows.append(row)
     return rows
 

@@ -13,13 +13,35 @@ import numpy as np
 import pandas as pd
 
 from alzlib import sampling, storage
-from alzlib.evaluation import soft_vote
-from alzlib.metrics import balanced_accuracy
+from alzlib.evaluation import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    percentile_interval,
+    resample_subject_counts,
+    soft_vote,
+    subject_confusions,
+    subject_strata,
+)
+from alzlib.metrics import balanced_accuracy, confusion_scores
 
 SEVERITIES = (1, 2, 3, 4, 5)
 CLEAN = "clean"
 MEAN_ROW = "mean"
 METRICS = ("accuracy", "balanced_accuracy")
+SUBJECT_METRICS = ("subject_accuracy", "subject_balanced_accuracy")
+REFERENCE_MODEL = "baseline_cnn"
+# A CE divides by the reference's error, a relative CE by its rise above its clean error: near zero, either ratio
+# explodes. At the cpu profile's ~27 test subjects (about 7 per class) one subject moves balanced accuracy by about
+# 1 / (4 x 7) = 0.036, so a mean per severity below 0.05 is within one subject's worth of noise.
+REFERENCE_ERROR_FLOOR = 0.05
+FLOOR_RULE = ("A CE is undefined where the reference model's error under the corruption, averaged over severities, is "
+              "below {floor}; a relative CE is undefined where the reference's rise above its clean error, averaged "
+              "over severities, is below {floor}. Undefined ratios are reported with their reason and left out of "
+              "the mCE and relative mCE, which average the corruptions that remain (counted in corruptions_used).")
+INTERVAL_COLUMNS = ("clean_error", "mean_error", "ce", "relative_ce")
+SUMMARY_COLUMNS = ("model", "reference_model", "clean_error", "clean_error_low", "clean_error_high", "mce", "mce_low",
+                   "mce_high", "relative_mce", "relative_mce_low", "relative_mce_high", "corruptions_used",
+                   "relative_corruptions_used")
 # Spatial parameters are stated for a 128-pixel image and scaled to the image's longest side, so a
 # severity means the same anatomical blur or shift on the 64-pixel smoke images and the 224-pixel full ones.
 REFERENCE_SIZE = 128
@@ -200,21 +222,26 @@ def _check_batch(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return images, labels
 
 
+def _checked_probabilities(probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Return a model's output as float64, raising ValueError unless it is (count, classes)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or len(probabilities) != count:
+        raise ValueError(f"predict_fn must return probabilities of shape ({count}, classes), "
+                         f"got {probabilities.shape}.")
+    return probabilities
+
+
 def _score(probabilities: np.ndarray, labels: np.ndarray, subject_ids: np.ndarray | None) -> dict:
     """Return accuracy and balanced accuracy per image (and per subject when ids are given)."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 2 or len(probabilities) != len(labels):
-        raise ValueError(f"predict_fn must return probabilities of shape ({len(labels)}, classes), "
-                         f"got {probabilities.shape}.")
     predictions = probabilities.argmax(axis=1)
     scores = {"accuracy": float(np.mean(predictions == labels)),
               "balanced_accuracy": balanced_accuracy(labels, predictions)}
     if subject_ids is not None:
-        _, subject_labels, subject_probabilities = soft_vote(probabilities, subject_ids, labels)
-        subject_predictions = subject_probabilities.argmax(axis=1)
-        scores.update(n_subjects=len(subject_labels),
-                      subject_accuracy=float(np.mean(subject_predictions == subject_labels)),
-                      subject_balanced_accuracy=balanced_accuracy(subject_labels, subject_predictions))
+        _, voted_labels, votes = soft_vote(probabilities, subject_ids, labels)
+        voted_predictions = votes.argmax(axis=1)
+        scores.update(n_subjects=len(voted_labels),
+                      subject_accuracy=float(np.mean(voted_predictions == voted_labels)),
+                      subject_balanced_accuracy=balanced_accuracy(voted_labels, voted_predictions))
     return scores
 
 
@@ -222,6 +249,75 @@ def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0) -
     """Corrupt every image of an N x H x W uint8 batch; image i gets the same noise at every severity."""
     function = _corruption_function(name)
     return np.stack([function(image, severity, _image_rng(seed, name, index)) for index, image in enumerate(images)])
+
+
+def predict_corrupted(
+    predict_fn: PredictFunction | Mapping[str, PredictFunction],
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    subject_ids: Sequence | None = None,
+    seed: int = 0,
+    corruptions: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+) -> pd.DataFrame:
+    """Return every model's prediction of every image, clean and under every corruption and severity.
+
+    One row per model, condition and image: model, corruption ("clean", severity 0, for the clean images), severity,
+    image (position in the batch), subject_id (None without subject ids), label_index, mean_abs_difference (grey
+    levels from the clean image), prob_0..prob_<K-1> and pred_index. `score_corrupted` and
+    `corruption_error_intervals` read this table.
+    """
+    images, labels = _check_batch(images_uint8, labels)
+    models = dict(predict_fn) if isinstance(predict_fn, Mapping) else {"model": predict_fn}
+    subjects = None if subject_ids is None else np.asarray(subject_ids)
+    if subjects is not None and len(subjects) != len(images):
+        raise ValueError(f"subject_ids has {len(subjects)} entries for {len(images)} images.")
+    names = list(corruptions or CORRUPTIONS)
+    # Check every name and severity before any model runs, not after minutes of predictions.
+    for name in names:
+        _corruption_function(name)
+    for severity in severities:
+        _severity_value(SEVERITIES, severity)
+    # A generator keeps one corrupted batch in memory at a time (600 x 224 x 224 x 51 conditions would be 1.5 GB).
+    conditions = ((name, int(severity), corrupt_batch(images, name, severity, seed))
+                  for name in names for severity in severities)
+    parts = []
+    for corruption, severity, batch in itertools.chain([(CLEAN, 0, images)], conditions):
+        difference = np.abs(batch.astype(np.int16) - images.astype(np.int16)).mean(axis=(1, 2))
+        for model_name, function in models.items():
+            probabilities = _checked_probabilities(function(batch), len(labels))
+            part = pd.DataFrame({"model": model_name, "corruption": corruption, "severity": severity,
+                                 "image": np.arange(len(images)), "subject_id": subjects, "label_index": labels,
+                                 "mean_abs_difference": difference})
+            for index in range(probabilities.shape[1]):
+                part[f"prob_{index}"] = probabilities[:, index]
+            parts.append(part.assign(pred_index=probabilities.argmax(axis=1)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _probability_columns(predictions: pd.DataFrame) -> list[str]:
+    """Return the prob_<index> columns of a corrupted-predictions table in class order."""
+    columns = sorted((column for column in predictions.columns if column.startswith("prob_")),
+                     key=lambda column: int(column.removeprefix("prob_")))
+    if not columns:
+        raise ValueError("The corrupted-predictions table has no prob_<index> columns: make it with predict_corrupted.")
+    return columns
+
+
+def score_corrupted(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per model, corruption and severity with accuracy and balanced accuracy (and subject scores).
+
+    Columns: model, corruption, severity, n_images, mean_abs_difference, accuracy, balanced_accuracy and, with
+    subject ids, n_subjects, subject_accuracy and subject_balanced_accuracy.
+    """
+    columns = _probability_columns(predictions)
+    rows = []
+    for (model, corruption, severity), group in predictions.groupby(["model", "corruption", "severity"], sort=False):
+        subjects = None if group["subject_id"].isna().all() else group["subject_id"].to_numpy()
+        scores = _score(group[columns].to_numpy(), group["label_index"].to_numpy(), subjects)
+        rows.append({"model": model, "corruption": corruption, "severity": severity, "n_images": len(group),
+                     "mean_abs_difference": float(group["mean_abs_difference"].mean()), **scores})
+    return pd.DataFrame(rows)
 
 
 def evaluate_robustness(
@@ -241,104 +337,202 @@ def evaluate_robustness(
         subject_ids: optional subject of each image; adds subject-level scores (probabilities averaged per subject).
 
     Returns:
-        One row per model, corruption and severity (corruption "clean", severity 0 for the clean images) with
-        accuracy, balanced_accuracy, n_images, mean_abs_difference (grey levels from the clean image) and,
-        with subject ids, n_subjects, subject_accuracy and subject_balanced_accuracy.
+        `score_corrupted` of `predict_corrupted`: one row per model, corruption and severity (corruption "clean",
+        severity 0 for the clean images) with accuracy, balanced_accuracy, n_images, mean_abs_difference and, with
+        subject ids, n_subjects, subject_accuracy and subject_balanced_accuracy.
     """
-    images, labels = _check_batch(images_uint8, labels)
-    models = dict(predict_fn) if isinstance(predict_fn, Mapping) else {"model": predict_fn}
-    subjects = None if subject_ids is None else np.asarray(subject_ids)
-    if subjects is not None and len(subjects) != len(images):
-        raise ValueError(f"subject_ids has {len(subjects)} entries for {len(images)} images.")
-    names = list(corruptions or CORRUPTIONS)
-    # Check every name and severity before any model runs, not after minutes of predictions.
-    for name in names:
-        _corruption_function(name)
-    for severity in severities:
-        _severity_value(SEVERITIES, severity)
-    # A generator keeps one corrupted batch in memory at a time (600 x 224 x 224 x 51 conditions would be 1.5 GB).
-    conditions = ((name, int(severity), corrupt_batch(images, name, severity, seed))
-                  for name in names for severity in severities)
-    rows = []
-    for corruption, severity, batch in itertools.chain([(CLEAN, 0, images)], conditions):
-        difference = float(np.mean(np.abs(batch.astype(np.int16) - images.astype(np.int16))))
-        for model_name, function in models.items():
-            scores = _score(function(batch), labels, subjects)
-            rows.append({"model": model_name, "corruption": corruption, "severity": severity,
-                         "n_images": len(images), "mean_abs_difference": difference, **scores})
-    return pd.DataFrame(rows)
+    return score_corrupted(predict_corrupted(predict_fn, images_uint8, labels, subject_ids, seed, corruptions,
+                                             severities))
+
+
+# ----------------------------------------------------------------------------------------------- corruption errors
 
 
 def _errors(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Return the table with an `error` column (1 - metric), checking the columns it needs."""
     needed = {"model", "corruption", "severity", metric}
-    if metric not in METRICS and not metric.startswith("subject_"):
-        raise ValueError(f"metric must be one of {METRICS} (or a subject_ variant), got {metric!r}.")
+    _check_metric(metric)
     if not needed.issubset(table.columns):
         raise ValueError(f"Robustness table lacks columns {sorted(needed - set(table.columns))}.")
     return table.assign(error=1.0 - table[metric].astype(float))
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    """Return 100 * numerator / denominator, NaN where the denominator is not positive."""
-    # The tolerance keeps a rounding residue of a zero rise (0.05 + 0.15 - 2 * 0.1) from making a huge ratio.
-    return float(100.0 * numerator / denominator) if denominator > 1e-9 else float("nan")
+def _check_metric(metric: str) -> str:
+    """Return `metric` if corruption errors can be computed from it, else raise ValueError naming the valid ones."""
+    if metric not in METRICS and metric not in SUBJECT_METRICS:
+        raise ValueError(f"metric must be one of {METRICS} (or a subject_ variant), got {metric!r}.")
+    return metric
 
 
-def _model_corruption_errors(errors: pd.DataFrame, model: str, reference: str, clean: dict) -> list[dict]:
-    """Return CE and relative CE of one model for every corruption."""
+def _floored_ratio(numerator: np.ndarray, denominator: np.ndarray, count: int, floor: float) -> np.ndarray:
+    """Return 100 * numerator / denominator, NaN where the denominator's mean per severity is below `floor`."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator / count >= floor, 100.0 * numerator / denominator, np.nan)
+
+
+def _undefined_reason(value: float, what: str, reference: str, corruption: str, floor: float) -> str | None:
+    """Return why a ratio is undefined (its reference denominator is below the floor), or None when it is defined."""
+    if value >= floor:
+        return None
+    return (f"undefined: the reference {reference}'s {what} under {corruption} is {value:+.3f} per severity, below "
+            f"the floor {floor}")
+
+
+def _corruption_row(errors: dict, model: str, reference: str, corruption: str, floor: float) -> dict:
+    """Return one model's errors, CE and relative CE under one corruption, as arrays over resamples."""
+    severities = sorted(key[2] for key in errors if key[:2] == (model, corruption))
+    if not severities or severities != sorted(key[2] for key in errors if key[:2] == (reference, corruption)):
+        raise ValueError(f"Model {model!r} and reference {reference!r} differ in the severities of {corruption!r}.")
+    count = len(severities)
+    model_sum = np.sum([errors[(model, corruption, severity)] for severity in severities], axis=0)
+    reference_sum = np.sum([errors[(reference, corruption, severity)] for severity in severities], axis=0)
+    clean, reference_clean = errors[(model, CLEAN, 0)], errors[(reference, CLEAN, 0)]
+    reference_rise = reference_sum - count * reference_clean
+    return {"model": model, "reference_model": reference, "corruption": corruption, "clean_error": clean,
+            "mean_error": model_sum / count, "error_sum": model_sum,
+            "ce": _floored_ratio(model_sum, reference_sum, count, floor),
+            "ce_undefined_reason": _undefined_reason(reference_sum[0] / count, "mean error", reference, corruption,
+                                                     floor),
+            "relative_ce": _floored_ratio(model_sum - count * clean, reference_rise, count, floor),
+            "relative_ce_undefined_reason": _undefined_reason(reference_rise[0] / count, "rise above its clean error",
+                                                              reference, corruption, floor)}
+
+
+def _mean_row(rows: list[dict]) -> dict:
+    """Return a model's mCE and relative mCE: means over the corruptions whose point ratio is defined."""
+    summary = {"model": rows[0]["model"], "reference_model": rows[0]["reference_model"], "corruption": MEAN_ROW,
+               "clean_error": rows[0]["clean_error"]}
+    for key, used in (("ce", "corruptions_used"), ("relative_ce", "relative_corruptions_used")):
+        defined = [row[key] for row in rows if np.isfinite(row[key][0])]
+        # A resample where one of those ratios falls below the floor leaves that resample's mean undefined.
+        summary[key] = np.mean(defined, axis=0) if defined else np.full_like(rows[0][key], np.nan)
+        summary[used] = len(defined)
+    return summary
+
+
+def _corruption_table(errors: dict, reference: str, floor: float) -> list[dict]:
+    """Return per model the per-corruption rows and its mean row, every value an array over resamples."""
+    models = list(dict.fromkeys(key[0] for key in errors))
+    if reference not in models:
+        raise ValueError(f"Reference model {reference!r} is not in the table; models: {models}.")
+    missing_clean = [model for model in models if (model, CLEAN, 0) not in errors]
+    if missing_clean:
+        raise ValueError(f"No clean row for models {missing_clean}: run evaluate_robustness on clean images too.")
+    corruptions = list(dict.fromkeys(key[1] for key in errors if key[1] != CLEAN))
     rows = []
-    for corruption in errors.loc[errors["corruption"] != CLEAN, "corruption"].unique():
-        model_errors = errors[(errors["model"] == model) & (errors["corruption"] == corruption)]
-        reference_errors = errors[(errors["model"] == reference) & (errors["corruption"] == corruption)]
-        if sorted(model_errors["severity"]) != sorted(reference_errors["severity"]) or model_errors.empty:
-            raise ValueError(f"Model {model!r} and reference {reference!r} differ in the severities of {corruption!r}.")
-        model_sum, reference_sum = model_errors["error"].sum(), reference_errors["error"].sum()
-        count = len(model_errors)
-        rows.append({"model": model, "corruption": corruption, "clean_error": clean[model],
-                     "error_sum": float(model_sum), "ce": _ratio(model_sum, reference_sum),
-                     "relative_ce": _ratio(model_sum - count * clean[model], reference_sum - count * clean[reference])})
+    for model in models:
+        per_corruption = [_corruption_row(errors, model, reference, corruption, floor) for corruption in corruptions]
+        for row in per_corruption:
+            row.update(corruptions_used=int(np.isfinite(row["ce"][0])),
+                       relative_corruptions_used=int(np.isfinite(row["relative_ce"][0])))
+        rows.extend([*per_corruption, _mean_row(per_corruption)])
     return rows
 
 
-def corruption_errors(table: pd.DataFrame, reference_model: str = "baseline_cnn",
-                      metric: str = "balanced_accuracy") -> pd.DataFrame:
+def _point_errors(table: pd.DataFrame, metric: str) -> dict:
+    """Return {(model, corruption, severity): error as a one-value array} from an aggregated robustness table."""
+    errors = _errors(table, metric)
+    grouped = errors.groupby(["model", "corruption", "severity"], sort=False)["error"].mean()
+    return {key: np.array([value]) for key, value in grouped.items()}
+
+
+def corruption_errors(table: pd.DataFrame, reference_model: str = "baseline_cnn", metric: str = "balanced_accuracy",
+                      floor: float = REFERENCE_ERROR_FLOOR) -> pd.DataFrame:
     """Return ImageNet-C corruption errors (in %) normalised by `reference_model`.
 
     Error is 1 - `metric`. Per model and corruption: CE = sum over severities of the model's error divided by the
     reference's; relative CE = the same for the rise above each one's clean error. Rows with corruption "mean"
     hold mCE and relative mCE (means over corruptions, undefined ratios skipped; `corruptions_used` and
-    `relative_corruptions_used` count the corruptions each mean covers).
-    The reference model scores 100 by construction.
+    `relative_corruptions_used` count the corruptions each mean covers). The reference model scores 100 by
+    construction. FLOOR_RULE: a ratio is undefined (NaN, with the reason in *_undefined_reason) where the
+    reference's mean error (CE) or mean rise above its clean error (relative CE) per severity is below `floor`.
     """
-    errors = _errors(table, metric)
-    models = list(dict.fromkeys(errors["model"]))
-    if reference_model not in models:
-        raise ValueError(f"Reference model {reference_model!r} is not in the table; models: {models}.")
-    clean_rows = errors[errors["corruption"] == CLEAN].groupby("model")["error"].mean()
-    missing_clean = [model for model in models if model not in clean_rows.index]
-    if missing_clean:
-        raise ValueError(f"No clean row for models {missing_clean}: run evaluate_robustness on clean images too.")
-    clean = clean_rows.to_dict()
-    rows = [row for model in models for row in _model_corruption_errors(errors, model, reference_model, clean)]
-    per_corruption = pd.DataFrame(rows)
-    means = per_corruption.groupby("model", sort=False).agg(
-        ce=("ce", "mean"), relative_ce=("relative_ce", "mean"), corruptions_used=("ce", "count"),
-        relative_corruptions_used=("relative_ce", "count")).reset_index()
-    means = means.assign(corruption=MEAN_ROW, clean_error=means["model"].map(clean), error_sum=np.nan)
-    per_corruption = per_corruption.assign(corruptions_used=per_corruption["ce"].notna().astype(int),
-                                           relative_corruptions_used=per_corruption["relative_ce"].notna().astype(int))
-    return pd.concat([per_corruption, means], ignore_index=True)[
-        ["model", "corruption", "clean_error", "error_sum", "ce", "relative_ce", "corruptions_used",
-         "relative_corruptions_used"]]
+    rows = _corruption_table(_point_errors(table, metric), reference_model, floor)
+    return _table_of(rows, with_intervals=False)
+
+
+def _table_of(rows: list[dict], with_intervals: bool, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Return the corruption-error rows as a table: point estimates (index 0) and, optionally, percentile intervals."""
+    records = []
+    for row in rows:
+        record = {}
+        for key, value in row.items():
+            if not isinstance(value, np.ndarray):
+                record[key] = value
+                continue
+            record[key] = float(value[0])
+            if with_intervals and key in INTERVAL_COLUMNS:
+                # An undefined point estimate gets no interval, whatever the resamples that happen to be defined.
+                interval = (percentile_interval(value[1:], value[0], confidence) if np.isfinite(value[0])
+                            else {"low": None, "high": None})
+                record.update({f"{key}_low": interval["low"], f"{key}_high": interval["high"]})
+        records.append(record)
+    table = pd.DataFrame(records)
+    leading = ["model", "reference_model", "corruption"]
+    return table[leading + [column for column in table.columns if column not in leading]]
 
 
 def summarise_corruption_errors(errors: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per model: clean error, mCE and relative mCE (from `corruption_errors`)."""
+    """Return one row per model: reference, clean error, mCE and relative mCE (from `corruption_errors`), with any
+    interval columns (`corruption_error_intervals`)."""
     means = errors[errors["corruption"] == MEAN_ROW]
-    return means.rename(columns={"ce": "mce", "relative_ce": "relative_mce"})[
-        ["model", "clean_error", "mce", "relative_mce", "corruptions_used", "relative_corruptions_used"]
-    ].reset_index(drop=True)
+    renamed = means.rename(columns={f"{old}{suffix}": f"{new}{suffix}" for old, new in (("ce", "mce"),
+                                                                                        ("relative_ce", "relative_mce"))
+                                    for suffix in ("", "_low", "_high")})
+    return renamed[[column for column in SUMMARY_COLUMNS if column in renamed.columns]].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------- intervals
+
+
+def _condition_confusions(group: pd.DataFrame, codes: dict, num_subjects: int, classes: int, subject_level: bool,
+                          columns: list[str]) -> np.ndarray:
+    """Return per-subject confusion counts (subjects x classes²) of one model and condition, ordered by `codes`."""
+    labels = group["label_index"].to_numpy()
+    subject_of_row = group["subject_id"].map(codes).to_numpy()
+    if not subject_level:
+        return subject_confusions(subject_of_row, num_subjects, labels, group["pred_index"].to_numpy(), classes)
+    voted, voted_labels, votes = soft_vote(group[columns].to_numpy(), group["subject_id"].to_numpy(), labels)
+    order = pd.Series(voted).map(codes).to_numpy()
+    return subject_confusions(order, num_subjects, voted_labels, votes.argmax(axis=1), classes)
+
+
+def _bootstrap_errors(predictions: pd.DataFrame, metric: str, n_bootstrap: int, seed: int) -> tuple[dict, int]:
+    """Return {(model, corruption, severity): error, point estimate first then one per resample} and the subjects.
+
+    Every model and condition is scored on the same resamples: subjects drawn with replacement within each class.
+    """
+    if predictions["subject_id"].isna().any():
+        raise ValueError("Subject-bootstrap intervals need a subject_id for every image: pass subject_ids.")
+    columns = _probability_columns(predictions)
+    first = predictions.drop_duplicates("image").sort_values("image")
+    subject_codes, subjects = pd.factorize(first["subject_id"])
+    codes = dict(zip(subjects, range(len(subjects)), strict=True))
+    classes = subject_strata(subject_codes, first["label_index"].to_numpy(), len(subjects))
+    counts = resample_subject_counts(classes, n_bootstrap, seed).astype(np.float64)
+    subject_level, score = metric.startswith("subject_"), metric.removeprefix("subject_")
+    errors = {}
+    for key, group in predictions.groupby(["model", "corruption", "severity"], sort=False):
+        per_subject = _condition_confusions(group, codes, len(subjects), len(columns), subject_level, columns)
+        batch = np.vstack([per_subject.sum(axis=0, keepdims=True), counts @ per_subject])
+        errors[key] = 1.0 - confusion_scores(batch.reshape(-1, len(columns), len(columns)))[score]
+    return errors, len(subjects)
+
+
+def corruption_error_intervals(predictions: pd.DataFrame, reference_model: str = "baseline_cnn",
+                               metric: str = "balanced_accuracy", n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+                               seed: int = 0, floor: float = REFERENCE_ERROR_FLOOR) -> pd.DataFrame:
+    """Return `corruption_errors` from per-image predictions (`predict_corrupted`), with subject-bootstrap intervals.
+
+    Each resample draws the test subjects with replacement within each class, the same subjects for every model
+    and condition, and recomputes every error, CE and relative CE inside the resample; the 95% percentile
+    intervals are the `_low` / `_high` columns (`clean_error`, `mean_error`, `ce`, `relative_ce`, and the means).
+    A ratio whose point estimate is undefined (FLOOR_RULE) has no interval; resamples in which a defined ratio
+    falls below the floor are left out of its interval.
+    """
+    _check_metric(metric)
+    errors, _ = _bootstrap_errors(predictions, metric, n_bootstrap, seed)
+    return _table_of(_corruption_table(errors, reference_model, floor), with_intervals=True)
 
 
 def sample_test_rows(manifest: pd.DataFrame, count: int, seed: int = 0) -> pd.DataFrame:
@@ -351,12 +545,19 @@ def sample_test_rows(manifest: pd.DataFrame, count: int, seed: int = 0) -> pd.Da
     return sampling.stratified_sample(test, count, seed, by="label").reset_index(drop=True)
 
 
-def write_robustness_tables(table: pd.DataFrame, errors: pd.DataFrame, directory: str | os.PathLike) -> dict:
-    """Write robustness.csv, corruption_errors.csv and mce_summary.csv under `directory`; return their paths."""
+def write_robustness_tables(table: pd.DataFrame, errors: pd.DataFrame, directory: str | os.PathLike,
+                            predictions: pd.DataFrame | None = None, record: dict | None = None) -> dict:
+    """Write robustness.csv, corruption_errors.csv and mce_summary.csv (and the per-image predictions.parquet and
+    robustness.json when given) under `directory`; return their paths."""
     directory = Path(directory)
-    return {"robustness": storage.write_csv(directory / "robustness.csv", table),
-            "corruption_errors": storage.write_csv(directory / "corruption_errors.csv", errors),
-            "mce_summary": storage.write_csv(directory / "mce_summary.csv", summarise_corruption_errors(errors))}
+    files = {"robustness": storage.write_csv(directory / "robustness.csv", table),
+             "corruption_errors": storage.write_csv(directory / "corruption_errors.csv", errors),
+             "mce_summary": storage.write_csv(directory / "mce_summary.csv", summarise_corruption_errors(errors))}
+    if predictions is not None:
+        files["predictions"] = storage.write_parquet(directory / "predictions.parquet", predictions)
+    if record is not None:
+        files["record"] = storage.write_json(directory / "robustness.json", record)
+    return files
 
 
 def _with_clean(table: pd.DataFrame, corruption: str, metric: str) -> pd.DataFrame:
@@ -435,12 +636,23 @@ def plot_corruption_grid(image: np.ndarray, seed: int = 0, corruptions: Sequence
     return figure
 
 
+def robustness_record(reference: str, metric: str, predictions: pd.DataFrame, n_bootstrap: int,
+                      floor: float = REFERENCE_ERROR_FLOOR) -> dict:
+    """Return robustness.json: the reference model, the error metric, the floor rule and the bootstrap's settings."""
+    return {"reference_model": reference, "metric": metric, "error": f"1 - {metric}",
+            "reference_error_floor": floor, "floor_rule": FLOOR_RULE.format(floor=floor),
+            "images": int(predictions["image"].nunique()), "subjects": int(predictions["subject_id"].nunique()),
+            "bootstrap": {"resamples": n_bootstrap, "unit": "subject", "stratified_by": "class",
+                          "confidence": CONFIDENCE, "method": "percentile",
+                          "paired": "every model and condition scored on the same resampled subjects"}}
+
+
 def run_robustness(settings, manifest: pd.DataFrame, images_uint8: np.ndarray, model_records: Sequence[dict],
-                   seed: int = 0) -> dict:
+                   seed: int = 0, n_bootstrap: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Score every trained model on corrupted test images; write the tables and return them with the sample.
 
     `images_uint8` is the uint8 cache aligned with `manifest`; `model_records` are recipe records with a
-    `model_path` (alzlib.pipeline.trained_models).
+    `model_path` (alzlib.pipeline.trained_models). The reference for CE is baseline_cnn when it was trained.
     """
     from alzlib import pipeline, training
 
@@ -449,10 +661,12 @@ def run_robustness(settings, manifest: pd.DataFrame, images_uint8: np.ndarray, m
     functions = {record["model"]: pipeline.probability_function(training.load_trained_model(record["model_path"]),
                                                                  record["preprocessing"])
                  for record in model_records}
-    table = evaluate_robustness(functions, images_uint8[positions], sample["label_index"].to_numpy(),
-                                sample["subject_id"].to_numpy(), seed)
-    reference = "baseline_cnn" if "baseline_cnn" in functions else next(iter(functions))
-    errors = corruption_errors(table, reference_model=reference)
-    files = write_robustness_tables(table, errors, settings.paths.robustness)
-    return {"table": table, "errors": errors, "sample": sample, "reference_model": reference,
+    predictions = predict_corrupted(functions, images_uint8[positions], sample["label_index"].to_numpy(),
+                                    sample["subject_id"].to_numpy(), seed)
+    table = score_corrupted(predictions)
+    reference = REFERENCE_MODEL if REFERENCE_MODEL in functions else next(iter(functions))
+    errors = corruption_error_intervals(predictions, reference, "balanced_accuracy", n_bootstrap, seed)
+    record = robustness_record(reference, "balanced_accuracy", predictions, n_bootstrap)
+    files = write_robustness_tables(table, errors, settings.paths.robustness, predictions, record)
+    return {"table": table, "errors": errors, "sample": sample, "reference_model": reference, "record": record,
             "files": {key: str(value) for key, value in files.items()}}

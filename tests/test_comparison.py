@@ -1,4 +1,4 @@
-"""Model comparison: speed measurement, tables read from evaluation files, and paired McNemar tests."""
+"""Model comparison: speed measurement, tables read from evaluation files, the stage's files and a non-Keras model."""
 
 from __future__ import annotations
 
@@ -94,20 +94,6 @@ def test_table_reads_records_and_metrics_without_recomputing(outputs):
     assert row["accuracy"] == pytest.approx(30 / 32)
 
 
-def test_pairwise_mcnemar_uses_the_paired_test_predictions(outputs):
-    tests = comparison.pairwise_mcnemar(outputs.evaluation, ["baseline_cnn", "resnet50"])
-    row = tests.iloc[0]
-    assert (row["model_a"], row["model_b"], row["paired"]) == ("baseline_cnn", "resnet50", 32)
-    assert (row["only_a_correct"], row["only_b_correct"], row["both_correct"]) == (2, 8, 22)
-    expected = evaluation.mcnemar_test(np.r_[np.ones(2), np.zeros(8)], np.r_[np.zeros(2), np.ones(8)])
-    assert row["p_value"] == pytest.approx(expected["p_value"]) and row["method"] == "exact binomial"
-    subjects = comparison.pairwise_mcnemar(outputs.evaluation, ["baseline_cnn", "resnet50"], level="subject")
-    # Soft votes of two slices each: a subject is wrong only when both of its slices are.
-    assert subjects.iloc[0]["paired"] == 16
-    with pytest.raises(ValueError, match="level"):
-        comparison.pairwise_mcnemar(outputs.evaluation, ["baseline_cnn", "resnet50"], level="scan")
-
-
 def test_holm_adjustment_on_a_known_case():
     assert comparison.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert comparison.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
@@ -124,7 +110,57 @@ def test_compare_models_measures_saved_models_and_writes_the_stage(outputs):
     assert record["skipped"][0]["model"] == "efficientnetb0"
     table = pd.read_csv(folder / "table.csv")
     assert (table["latency_ms_median"] > 0).all() and (table["file_size_mb"] > 0).all()
-    assert len(pd.read_csv(folder / "mcnemar_slice.csv")) == 1 and (folder / "mcnemar_subject.csv").is_file()
-    for name in ("metrics_bars.png", "accuracy_latency.png"):
+    differences = pd.read_csv(folder / "paired_differences.csv")
+    assert sorted(differences["level"]) == ["slice", "subject"] and not list(folder.glob("mcnemar*"))
+    for name in ("metrics_bars.png", "accuracy_latency.png", "paired_differences.png"):
         assert name in record["figures"] and (folder / name).stat().st_size > 1000
-    assert json.loads((folder / "comparison.json").read_text())["data_label"] == "synthetic cohort"
+    written = json.loads((folder / "comparison.json").read_text())
+    assert written["data_label"] == "synthetic cohort" and "mcnemar" not in written
+    assert written["paired_differences"]["rule"] == comparison.SUPPORT_RULE
+    assert written["paired_differences"]["sentences"][0].startswith("baseline_cnn vs resnet50: ")
+    assert "skipped" in written["paired_differences_crossval"]
+    assert not (folder / "paired_differences_crossval.csv").exists()
+
+
+def _oof_predictions(wrong: np.ndarray) -> pd.DataFrame:
+    """Return pooled out-of-fold predictions shaped like crossval's: every subject once as test, a fold column."""
+    manifest = _manifest().assign(split="test")
+    frame = evaluation.predictions_frame(manifest, _probabilities(manifest, wrong), CLASSES)
+    return frame.assign(fold=np.repeat(np.arange(32) % 4, 2))
+
+
+def test_cross_validated_predictions_are_compared_when_two_models_have_them(outputs):
+    settings = config.load_settings("smoke")
+    for name in ("baseline_cnn", "resnet50"):
+        _tiny_model(settings.profile.image_size).save(settings.paths.models / f"{name}.keras")
+    crossval = settings.paths.root / "crossval"
+    write_parquet(crossval / "baseline_cnn" / "oof_predictions.parquet", _oof_predictions(np.arange(0, 24)))
+    write_parquet(crossval / "resnet50" / "oof_predictions.parquet", _oof_predictions(np.arange(40, 42)))
+    record = comparison.compare_models(settings, "synthetic cohort", ["baseline_cnn", "resnet50"], repeats=2)
+    entry = record["paired_differences_crossval"]
+    assert entry["rule"] == comparison.SUPPORT_RULE and "oof_predictions.parquet" in entry["source"]
+    table = pd.read_csv(settings.paths.comparison / "paired_differences_crossval.csv")
+    subject_row = table[table["level"] == "subject"].iloc[0]
+    # 64 slices of 32 subjects pooled over folds; baseline_cnn misses 24 slices (12 subjects), resnet50 2 (1 subject).
+    assert subject_row["subjects"] == 32 and subject_row["rows"] == 32 and subject_row["difference"] < 0
+    assert table[table["level"] == "slice"].iloc[0]["rows"] == 64
+    assert entry["sentences"] == [subject_row["sentence"]]
+
+
+def test_a_model_without_a_keras_file_is_compared_without_latency(outputs, monkeypatch):
+    settings = config.load_settings("smoke")
+    _tiny_model(settings.profile.image_size).save(settings.paths.models / "baseline_cnn.keras")
+    _write_model_files(outputs, "linear_pixels", np.arange(32, 36), (1028, 0), 3.0)
+    (settings.paths.models / "linear_pixels.joblib").write_bytes(b"0" * 4096)
+    monkeypatch.setattr(config, "BASELINE_MODEL_NAMES", ("linear_pixels",), raising=False)
+    record = comparison.compare_models(settings, "synthetic cohort", repeats=2)
+    # resnet50 has a record and evaluation files but no .keras file: a design model is compared only when trained.
+    assert record["models"] == ["baseline_cnn", "linear_pixels"]
+    assert any(entry["model"] == "resnet50" and "resnet50.keras" in entry["reason"] for entry in record["skipped"])
+    table = pd.read_csv(settings.paths.comparison / "table.csv").set_index("model")
+    assert "linear_pixels" in table.index and np.isnan(table.loc["linear_pixels", "latency_ms_median"])
+    assert table.loc["linear_pixels", "latency_note"] == "not measured: linear_pixels is not a Keras model"
+    assert table.loc["linear_pixels", "file_size_mb"] == pytest.approx(4096 / 2**20)
+    pairs = pd.read_csv(settings.paths.comparison / "paired_differences.csv")
+    assert ("baseline_cnn", "linear_pixels") in set(zip(pairs["model_a"], pairs["model_b"], strict=True))
+    assert "accuracy_latency.png" in record["figures"]

@@ -1,4 +1,4 @@
-"""Evaluation metrics against scikit-learn, the subject bootstrap, calibration, temperature scaling and McNemar."""
+"""Evaluation metrics against scikit-learn, the stratified subject bootstrap, calibration, logits and temperatures."""
 
 from __future__ import annotations
 
@@ -82,8 +82,11 @@ def test_vectorised_bootstrap_equals_resampling_with_scikit_learn():
         "macro_f1": lambda y, p: sk.f1_score(y, p.argmax(1), average="macro", zero_division=0),
         "weighted_f1": lambda y, p: sk.f1_score(y, p.argmax(1), average="weighted", zero_division=0),
         "macro_auc": lambda y, p: evaluation.one_vs_rest_roc(y, p)["macro_auc"],
+        "quadratic_kappa": lambda y, p: sk.cohen_kappa_score(y, p.argmax(1), labels=range(4), weights="quadratic"),
+        "mean_absolute_error": lambda y, p: sk.mean_absolute_error(y, p.argmax(1)),
     }
-    vectorised = evaluation.bootstrap_intervals(labels, probabilities, subjects, n=40, seed=7)
+    vectorised = evaluation.bootstrap_intervals(labels, probabilities, subjects, evaluation.BOOTSTRAP_METRICS, n=40,
+                                                seed=7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, function in reference.items():
@@ -114,6 +117,41 @@ def test_subject_interval_is_wider_than_a_slice_interval_when_slices_repeat():
     subject_width, slice_width = by_subject["high"] - by_subject["low"], by_slice["high"] - by_slice["low"]
     assert subject_width > 3 * slice_width
     assert 0.3 < subject_width < 0.6  # about 2 x 1.96 x sqrt(0.25 / 20)
+
+
+def test_stratified_resamples_never_lack_a_class():
+    # 13 subjects, one class with a single subject: an unstratified draw of 13 would miss it about 1/e of the time.
+    classes = np.array([0] * 6 + [1] * 4 + [2] * 2 + [3])
+    counts = evaluation.resample_subject_counts(classes, 2000, seed=0)
+    for label in range(4):
+        assert (counts[:, classes == label].sum(axis=1) == np.sum(classes == label)).all()
+    assert (counts[:, classes == 3] == 1).all()
+    assert counts[:, classes == 0].std() > 0  # still a bootstrap within the class
+    with pytest.raises(ValueError, match="positive integer"):
+        evaluation.resample_subject_counts(classes, 0, seed=0)
+
+
+def test_every_bootstrap_resample_holds_every_class():
+    # One ModerateDemented subject among 30: its recall must be defined in every resample.
+    labels = np.repeat(np.r_[np.zeros(12), np.ones(10), np.full(7, 2), [3]].astype(int), 2)
+    subjects = np.repeat([f"S{index}" for index in range(30)], 2)
+    probabilities = np.eye(4)[labels] * 0.6 + 0.1
+    result = evaluation.subject_bootstrap(labels, probabilities, subjects, "balanced_accuracy", n=500, seed=1)
+    assert result["undefined_resamples"] == 0 and (result["low"], result["high"]) == (1.0, 1.0)
+
+
+def test_ordinal_metrics_only_for_the_four_stage_task():
+    labels, probabilities, _ = _toy_predictions(seed=4)
+    predictions = probabilities.argmax(axis=1)
+    four = evaluation.classification_metrics(labels, probabilities, CLASSES)
+    assert four["quadratic_kappa"] == pytest.approx(sk.cohen_kappa_score(labels, predictions, weights="quadratic"))
+    assert four["mean_absolute_error"] == pytest.approx(sk.mean_absolute_error(labels, predictions))
+    assert four["ordinal_reason"] is None
+    binary = evaluation.classification_metrics(labels % 2, probabilities[:, :2] / probabilities[:, :2].sum(1)[:, None],
+                                               ["NC", "AD"])
+    assert binary["quadratic_kappa"] is None and binary["mean_absolute_error"] is None
+    assert "4-class task" in binary["ordinal_reason"]
+    assert not evaluation.is_ordinal_task(list(reversed(CLASSES)))
 
 
 def test_bootstrap_is_seeded():
@@ -172,23 +210,6 @@ def test_temperature_scaling_recovers_a_known_temperature():
     assert np.array_equal(scaled.argmax(axis=1), probabilities.argmax(axis=1))
 
 
-def test_mcnemar_on_known_tables():
-    # b = 9 only-A-right, c = 1 only-B-right: exact two-sided p = 2 * (1 + 10) / 2**10.
-    first = np.r_[np.ones(9), np.zeros(1), np.ones(5), np.zeros(3)].astype(bool)
-    second = np.r_[np.zeros(9), np.ones(1), np.ones(5), np.zeros(3)].astype(bool)
-    exact = evaluation.mcnemar_test(first, second)
-    assert exact["method"] == "exact binomial" and exact["p_value"] == pytest.approx(22 / 1024)
-    table = (exact["only_a_correct"], exact["only_b_correct"], exact["both_correct"], exact["both_wrong"])
-    assert table == (9, 1, 5, 3)
-    # b = 30, c = 10: chi-square (|30 - 10| - 1)^2 / 40 = 9.025, p = 0.002663.
-    first = np.r_[np.ones(30), np.zeros(10)].astype(bool)
-    large = evaluation.mcnemar_test(first, ~first)
-    assert large["statistic"] == pytest.approx(9.025) and large["p_value"] == pytest.approx(0.0026636, rel=1e-3)
-    assert evaluation.mcnemar_test([True, False], [True, False])["p_value"] == 1.0
-    with pytest.raises(ValueError, match="paired"):
-        evaluation.mcnemar_test([True], [True, False])
-
-
 def _manifest_and_probabilities(seed: int = 0):
     """Return a val+test manifest of 24 subjects x 3 slices and matching probabilities."""
     subjects = np.repeat([f"SYN{index:04d}" for index in range(24)], 3)
@@ -220,11 +241,28 @@ def test_evaluate_predictions_writes_metrics_figures_and_summary(tmp_path):
     scaling = result["temperature_scaling"]
     assert scaling["fitted_on"] == "val" and scaling["temperature"] > 0 and scaling["test_accuracy_unchanged"]
     assert scaling["val_nll_after"] <= scaling["val_nll_before"] + 1e-9
+    assert not scaling["fitted_on_logits"] and "fallback" in scaling["input"]  # this table has no logits
+    vote = scaling["subject_vote"]  # 12 validation subjects: enough to fit the vote's own temperature
+    assert vote["val_subjects"] == 12 and vote["temperature"] > 0 and vote["test_accuracy_unchanged"]
+    assert vote["val_nll_after"] <= vote["val_nll_before"] + 1e-9
     votes = pd.read_parquet(folder / "subject_predictions.parquet")
     assert len(votes) == 24 and set(votes["slices"]) == {3}
+    ordinal = test["subject"]["intervals"]["quadratic_kappa"]
+    assert ordinal["low"] <= ordinal["estimate"] <= ordinal["high"]
+    assert test["subject"]["metrics"]["mean_absolute_error"] == test["subject"]["intervals"]["mean_absolute_error"][
+        "estimate"]
+    calibration = test["slice"]["calibration"]
+    assert calibration["ece_interval"]["estimate"] == pytest.approx(calibration["ece"])
+    assert calibration["ece_interval"]["low"] <= calibration["ece"] <= calibration["ece_interval"]["high"]
+    assert set(calibration["classwise_ece"]["per_class"]) == set(CLASSES)
 
     summary = evaluation.summarise_evaluations(tmp_path / "evaluation", ["resnet50", "efficientnetb0"])
     assert list(summary["level"]) == ["slice", "subject"]
+    for column in ("quadratic_kappa_low", "mean_absolute_error_high", "ece_low", "ece_high", "classwise_ece",
+                   "temperature_on_logits"):
+        assert column in summary.columns
+    assert summary["quadratic_kappa"].notna().all()
+    assert summary.set_index("level").loc["subject", "temperature"] == pytest.approx(vote["temperature"])
     written = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert written["missing"][0]["model"] == "efficientnetb0"
     assert "skipped" in written["random_label_control"]
@@ -248,6 +286,9 @@ def test_evaluate_model_predicts_in_batches_and_writes_predictions(tmp_path):
     expected = model.predict(prepare_images(images, spec), verbose=0)
     assert np.allclose(predictions[[f"prob_{c}" for c in CLASSES]].to_numpy(), expected, atol=1e-6)
     assert predictions["pred_index"].tolist() == expected.argmax(axis=1).tolist()
+    logits = predictions[[f"logit_{c}" for c in CLASSES]].to_numpy()
+    assert np.allclose(evaluation.softmax(logits), expected, atol=1e-6)
+    assert result["logits"]["saved"] and result["temperature_scaling"]["fitted_on_logits"]
     assert result["model"] == "tiny" and set(result["splits"]) == {"val", "test"}
     with pytest.raises(ValueError, match="align"):
         evaluation.evaluate_model(model, images[:10], manifest, CLASSES, spec, tmp_path)
