@@ -331,6 +331,9 @@ def plot_paired_differences(table: pd.DataFrame, title: str):
                       fmt="o", capsize=4, color="#c44e52" if row.supported else "#4c72b0",
                       markerfacecolor=None if row.supported else "white")
     axis.axvline(0, color="grey", linestyle="--", linewidth=1)
+    axis.plot([], [], "o", color="#c44e52", label="supported by the data")
+    axis.plot([], [], "o", color="#4c72b0", markerfacecolor="white", label="not supported")
+    axis.legend(fontsize=7, loc="best")
     axis.set_yticks(positions, [f"{row.model_a} − {row.model_b}" for row in table.itertuples()], fontsize=8)
     metric = table["metric"].iloc[0].replace("_", " ") if len(table) else ""
     axis.set(xlabel=f"difference in {metric} (95% paired subject bootstrap)", title=title)

@@ -127,3 +127,41 @@ def test_predict_corrupted_feeds_the_old_scores_and_the_written_files(tmp_path):
     assert {"reference_model", "mce_low", "mce_high", "relative_mce_low"} <= set(summary.columns)
     assert json.loads(written["record"].read_text())["reference_model"] == "baseline_cnn"
     assert len(pd.read_parquet(written["predictions"])) == len(predictions)
+
+
+def test_run_robustness_scores_saved_models_and_writes_the_stage(tmp_path, monkeypatch):
+    import keras
+
+    from alzlib import config
+    from alzlib.preprocessing import preprocessing_spec
+
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    settings = config.load_settings("smoke")
+    size = settings.profile.image_size
+    subjects = np.arange(12)
+    manifest = pd.DataFrame({"path": [f"/data/{index}.png" for index in range(24)],
+                             "subject_id": np.repeat([f"S{index:02d}" for index in subjects], 2),
+                             "split": np.repeat(np.where(subjects < 8, "test", "train"), 2),
+                             "label_index": np.repeat(subjects % 2, 2)})
+    manifest["label"] = manifest["label_index"].map({0: "NC", 1: "AD"})
+    generator = np.random.default_rng(0)
+    images = np.where(manifest["label_index"].to_numpy()[:, None, None] == 1, 170, 60).astype(np.uint8)
+    images = np.clip(images + generator.normal(0, 10, (24, size, size)), 0, 255).astype(np.uint8)
+    records = []
+    for name in ("baseline_cnn", "resnet50"):
+        inputs = keras.Input((size, size, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="predictions")(pooled))
+        path = settings.paths.models / f"{name}.keras"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+        records.append({"model": name, "model_path": str(path), "preprocessing": preprocessing_spec(name, size)})
+    result = robustness.run_robustness(settings, manifest, images, records, seed=0, n_bootstrap=50)
+    assert result["reference_model"] == "baseline_cnn" and result["record"]["subjects"] == 8
+    folder = settings.paths.robustness
+    for name in ("robustness.csv", "corruption_errors.csv", "mce_summary.csv", "predictions.parquet",
+                 "robustness.json"):
+        assert (folder / name).is_file()
+    summary = pd.read_csv(folder / "mce_summary.csv")
+    assert summary["reference_model"].tolist() == ["baseline_cnn", "baseline_cnn"]
+    assert "below 0.05" in json.loads((folder / "robustness.json").read_text())["floor_rule"]
