@@ -73,6 +73,14 @@ def test_models_without_a_softmax_dense_end_fall_back_or_output_logits():
         evaluation.predict_with_logits(linear, images[:0])
 
 
+def test_logits_that_do_not_reproduce_the_output_are_not_saved(monkeypatch):
+    images = np.random.default_rng(3).random((4, 8, 8, 3)).astype(np.float32)
+    monkeypatch.setattr(evaluation, "LOGIT_CHECK_TOLERANCE", -1.0)  # no gap passes: the check must refuse
+    probabilities, logits, source = evaluation.predict_with_logits(_tiny_functional_model(), images)
+    assert logits is None and source.startswith("none: the softmax of the computed logits")
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+
+
 def _frame_with_logits(logit_scale: float, subjects: int = 60, slices: int = 4, seed: int = 3) -> pd.DataFrame:
     """Return val and test predictions of an overconfident model (logits x `logit_scale`) with logit columns."""
     generator = np.random.default_rng(seed)
