@@ -733,7 +733,8 @@ def _level_results(labels, scores, subjects, class_names, n_bootstrap, seed, bin
             "images": int(len(labels)), "subjects": int(pd.Series(subjects).nunique())}
 
 
-def _scaled_calibration(validation: tuple, test: tuple, kind: str, bins: int, n_bootstrap: int, seed: int) -> dict:
+def _scaled_calibration(validation: tuple, test: tuple, kind: str, class_names: Sequence[str], bins: int,
+                        n_bootstrap: int, seed: int) -> dict:
     """Fit a temperature on validation (labels, inputs, probabilities) and report test calibration before and after.
 
     Each tuple is (labels, temperature inputs of `kind`, the probabilities those inputs stand for, subject ids).
@@ -747,8 +748,9 @@ def _scaled_calibration(validation: tuple, test: tuple, kind: str, bins: int, n_
             "val_nll_before": negative_log_likelihood(validation_labels, validation_scores),
             "val_nll_after": negative_log_likelihood(validation_labels,
                                                      apply_temperature(validation_inputs, temperature, kind)),
-            "test_before": calibration_summary(test_labels, test_scores, bins, test_subjects, n_bootstrap, seed),
-            "test_after": calibration_summary(test_labels, scaled, bins, test_subjects, n_bootstrap, seed),
+            "test_before": calibration_summary(test_labels, test_scores, bins, test_subjects, n_bootstrap, seed,
+                                               class_names),
+            "test_after": calibration_summary(test_labels, scaled, bins, test_subjects, n_bootstrap, seed, class_names),
             "test_accuracy_unchanged": bool(np.array_equal(scaled.argmax(axis=1), test_scores.argmax(axis=1)))}
 
 
@@ -773,7 +775,8 @@ def _temperature_results(frame: pd.DataFrame, votes: pd.DataFrame, class_names: 
                         "log of the stored probabilities, clipped at 1e-12 (fallback: the predictions have no logits; "
                         "an overconfident model's temperature is underestimated this way)"),
               **_scaled_calibration(_split_inputs(validation, class_names, use_logits),
-                                    _split_inputs(test, class_names, use_logits), kind, bins, n_bootstrap, seed)}
+                                    _split_inputs(test, class_names, use_logits), kind, class_names, bins,
+                                    n_bootstrap, seed)}
     result["subject_vote"] = _vote_temperature(votes, class_names, bins, n_bootstrap, seed)
     return result
 
@@ -787,7 +790,8 @@ def _vote_temperature(votes: pd.DataFrame, class_names: Sequence[str], bins: int
     return {"fitted_on": "val subjects", "val_subjects": int(len(validation)),
             "input": "log of each subject's mean slice probability (the soft vote)",
             **_scaled_calibration(_split_inputs(validation, class_names, False),
-                                  _split_inputs(test, class_names, False), "probabilities", bins, n_bootstrap, seed)}
+                                  _split_inputs(test, class_names, False), "probabilities", class_names, bins,
+                                  n_bootstrap, seed)}
 
 
 def _write_figures(result: dict, frame: pd.DataFrame, class_names, out_dir: Path, model_name: str,
