@@ -34,6 +34,9 @@ WARMUP_CALLS = 3
 THROUGHPUT_BATCH = 32
 CHART_METRICS = ("balanced_accuracy", "macro_f1", "macro_auc")
 LEVEL_KEYS = {"slice": "path", "subject": "subject_id"}
+LOWER_IS_BETTER = ("mean_absolute_error",)
+PAIRED_COLUMNS = ["model_a", "model_b", "level", "metric", "subjects", "rows", "score_a", "score_b", "difference",
+                  "low", "high", "p_value", "p_value_holm", "supported", "rule", "sentence", "undefined_resamples"]
 PAIRED_RESAMPLES = 2000
 SUPPORT_ALPHA = 0.05
 SUPPORT_RULE_SHORT = "supported when Holm-adjusted p < 0.05 and the 95% interval excludes 0"
@@ -231,7 +234,8 @@ def _pair_difference(rows: pd.DataFrame, metric: str, n_bootstrap: int, seed: in
 def _sentence(row: dict) -> str:
     """Return one plain line that states a pair's difference, interval and whether the data support it."""
     if row["supported"]:
-        better = row["model_a"] if row["difference"] > 0 else row["model_b"]
+        a_higher = row["difference"] > 0
+        better = row["model_a"] if a_higher != (row["metric"] in LOWER_IS_BETTER) else row["model_b"]
         verdict = f"supported by the data: {better} is better"
     else:
         verdict = "not supported by the data"
@@ -273,7 +277,7 @@ def paired_differences(predictions: dict[str, pd.DataFrame], level: str = "subje
     table["supported"] = (table["p_value_holm"] < SUPPORT_ALPHA) & excludes_zero
     table["rule"] = SUPPORT_RULE_SHORT
     table["sentence"] = [_sentence(row) for row in table.to_dict(orient="records")]
-    return table
+    return table[PAIRED_COLUMNS]
 
 
 # ----------------------------------------------------------------------------------------------- figures

@@ -44,6 +44,9 @@ def test_a_clearly_better_model_has_a_positive_difference_above_zero():
     reversed_row = comparison.paired_differences({"poor": frames["poor"], "good": frames["good"]},
                                                  n_bootstrap=1000, seed=3).iloc[0]
     assert reversed_row["difference"] == pytest.approx(-row["difference"]) and reversed_row["high"] < 0
+    # A lower error is better: the sentence names the same model for the stage error.
+    error_row = comparison.paired_differences(frames, metric="mean_absolute_error", n_bootstrap=1000, seed=3).iloc[0]
+    assert error_row["difference"] < 0 and "supported by the data: good is better" in error_row["sentence"]
 
 
 def test_resamples_keep_every_class_and_pair_the_same_subjects():
