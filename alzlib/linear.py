@@ -166,9 +166,8 @@ def evaluate(model, manifest: pd.DataFrame, images: np.ndarray, class_names: lis
     rows = manifest["split"].isin(["val", "test"]).to_numpy()
     evaluated = manifest[rows]
     probabilities, logits = predict(model, images[rows], len(class_names))
-    frame = evaluation.predictions_frame(evaluated, probabilities, class_names)
-    for index, name in enumerate(class_names):
-        frame[f"logit_{name}"] = logits[:, index]
+    frame = evaluation.predictions_frame(evaluated, probabilities, class_names, logits)
     write_parquet(Path(out_dir) / "predictions.parquet", frame)
     return evaluation.evaluate_predictions(frame, class_names, out_dir, seed=seed, data_label=data_label,
-                                           model_name=model_name, figures=figures)
+                                           model_name=model_name, figures=figures,
+                                           logit_source="LogisticRegression.decision_function (exact logits)")

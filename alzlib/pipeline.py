@@ -235,7 +235,9 @@ def evaluation_headline(settings: config.Settings) -> tuple[str, list[str]]:
         return f"no model evaluated; {control_text}", warnings
     best = max(rows, key=lambda row: row["balanced_accuracy"])
     score = _interval(best["balanced_accuracy"], best["balanced_accuracy_low"], best["balanced_accuracy_high"])
-    return f"best test balanced accuracy {best['model']} {score}; {control_text}", warnings
+    folds, fold_warnings = crossval_headline(settings)
+    return (f"best test balanced accuracy {best['model']} {score}; {folds}; {control_text}",
+            warnings + fold_warnings)
 
 
 def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
@@ -247,26 +249,33 @@ def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
 
 
 def comparison_headline(settings: config.Settings) -> tuple[str, list[str]]:
-    """Return notebook 11's headline: the models compared, the most accurate and the fastest."""
+    """Return notebook 11's headline: the subject-level paired differences the data support (cross-validated first)."""
     record = read_json(settings.paths.comparison / "comparison.json")
-    table = pd.read_csv(settings.paths.comparison / "table.csv")
-    parts = [f"{len(table)} models compared"]
-    if "balanced_accuracy" in table and table["balanced_accuracy"].notna().any():
-        best = table.loc[table["balanced_accuracy"].idxmax()]
-        parts.append(f"most accurate {best['model']} ({best['balanced_accuracy']:.2f})")
-    if "latency_ms_median" in table and table["latency_ms_median"].notna().any():
-        fastest = table.loc[table["latency_ms_median"].idxmin()]
-        parts.append(f"fastest {fastest['model']} ({fastest['latency_ms_median']:.1f} ms per image)")
-    return "; ".join(parts), [f"{entry['model']} not compared" for entry in record.get("skipped", [])]
+    warnings = [f"{entry['model']} not compared" for entry in record.get("skipped", [])]
+    for key, label in (("paired_differences_crossval", "cross-validated"), ("paired_differences", "single split")):
+        rows = [row for row in (record.get(key) or {}).get("rows") or [] if row.get("level") == "subject"]
+        if rows:
+            supported = [row["sentence"] for row in rows if row.get("supported")]
+            news = "; ".join(supported) if supported else "no difference supported by the data"
+            return f"{len(rows)} model pairs ({label}, subject level): {news}", warnings
+    return "no paired differences", [*warnings, "comparison.json has no paired differences with rows"]
 
 
 def robustness_headline(settings: config.Settings) -> tuple[str, list[str]]:
-    """Return notebook 12's headline: the model with the lowest mean corruption error."""
+    """Return notebook 12's headline: the model with the lowest mean corruption error, with its interval."""
     table = pd.read_csv(settings.paths.robustness / "mce_summary.csv").dropna(subset=["mce"])
     if table.empty:
         return "no corruption error defined", ["robustness: every model's clean or corrupted error was undefined"]
     best = table.loc[table["mce"].idxmin()]
-    return f"most robust {best['model']} (mCE {best['mce']:.0f} vs baseline_cnn 100) of {len(table)} models", []
+    reference = best.get("reference_model", "baseline_cnn")
+    bounds = (f" [{best['mce_low']:.0f}, {best['mce_high']:.0f}]"
+              if pd.notna(best.get("mce_low")) and pd.notna(best.get("mce_high")) else "")
+    warnings = [f"robustness: {row.model}'s relative mCE covers {row.relative_corruptions_used} of "
+                f"{row.corruptions_used} corruptions (the reference's rise was too small for the others)"
+                for row in table.itertuples() if "relative_corruptions_used" in table
+                and row.relative_corruptions_used < row.corruptions_used]
+    return (f"most robust {best['model']} (mCE {best['mce']:.0f}{bounds} vs {reference} 100) of {len(table)} "
+            f"models", warnings)
 
 
 def report_headline(settings: config.Settings) -> tuple[str, list[str]]:

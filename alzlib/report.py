@@ -597,7 +597,7 @@ def _paired_html(context: _Context) -> str:
         parts.append(f"<h3>Paired differences in balanced accuracy, {_text(caption)}</h3>"
                      "<p>Model A minus model B on the same subjects; 95% interval from a paired bootstrap that "
                      "resamples subjects within each class; Holm-corrected across pairs. A difference is supported "
-                     "only when its corrected interval excludes 0.</p>")
+                     "when its Holm-adjusted p-value is below 0.05 and its 95% interval excludes 0.</p>")
         shown = frame[[column for column in PAIRED_COLUMNS if column in frame.columns]]
         parts.append(_frame_html(shown.round(3)))
         if "sentence" in frame:

@@ -80,7 +80,8 @@ def write_stage_outputs(root: Path) -> None:
     storage.write_json(root / "gradcam" / "randomisation_check.json", {"baseline_cnn": {"spearman": 0.12}})
     write_text(root / "gradcam" / "localisation_scores.csv", "model,pointing_game\nbaseline_cnn,0.4\n")
     save_small_figure(root / "comparison" / "model_comparison.png", "comparison")
-    write_text(root / "comparison" / "mcnemar.csv", "model_a,model_b,p_value\nbaseline_cnn,resnet50,0.3\n")
+    write_text(root / "comparison" / "paired_differences.csv",
+               "model_a,model_b,difference\nbaseline_cnn,resnet50,0.1\n")
 
 
 def write_robustness_outputs(root: Path) -> None:
