@@ -56,9 +56,12 @@ def random_subject_labels(frame: pd.DataFrame, seed: int) -> pd.Series:
     return pd.Series(labels.to_numpy()[order], index=labels.index, name="random_label")
 
 
-def with_random_labels(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Return `frame` with each row's label replaced by its subject's random label (the true one kept as true_label)."""
-    names = training.class_names_of(frame)
+def with_random_labels(frame: pd.DataFrame, seed: int, class_names: list[str] | None = None) -> pd.DataFrame:
+    """Return `frame` with each row's label replaced by its subject's random label (the true one kept as true_label).
+
+    `class_names` (None: those of `frame`) give the label indices: the task's, when `frame` is a subset.
+    """
+    names = list(class_names) if class_names is not None else training.class_names_of(frame)
     random = frame["subject_id"].map(random_subject_labels(frame, seed))
     return frame.assign(true_label=frame["label"], label=random,
                         label_index=random.map({name: index for index, name in enumerate(names)}).astype(int))
@@ -113,14 +116,15 @@ def control_frame(manifest: pd.DataFrame, settings: config.Settings, policy: str
     """
     if labels not in LABEL_CONDITIONS:
         raise ValueError(f"labels must be one of {LABEL_CONDITIONS}, got {labels!r}.")
-    # Subjects are drawn on the true labels, so every cell of the demonstration uses the same subjects.
+    # Subjects are drawn on the true labels, so every cell of the demonstration uses the same subjects; the random
+    # labels are those subjects' own labels permuted, so the subset keeps its class counts (drawn over the whole set,
+    # a class of two subjects could vanish from a 74-subject subset: measured on a Kaggle-size set).
     rows = control_subset(manifest, settings.profile.control_images, settings.seed).index
     frame = manifest
     if policy is not None and policy != settings.split:
         frame = manifest.assign(split=policy_split(manifest, policy, settings.seed))
-    if labels == "random":
-        frame = with_random_labels(frame, settings.seed)
-    return frame.loc[rows]
+    frame = frame.loc[rows]
+    return with_random_labels(frame, settings.seed, training.class_names_of(manifest)) if labels == "random" else frame
 
 
 def control_description(frame: pd.DataFrame, manifest: pd.DataFrame, policy: str, labels: str,
@@ -170,7 +174,7 @@ def train_control(settings: config.Settings, manifest: pd.DataFrame, images: np.
     return training.train_model(ARCHITECTURE, cell_settings, frame.reset_index(drop=True),
                                 control_images(images[frame.index.to_numpy()], cell_settings.profile.image_size),
                                 output_name=name, verbose=verbose,
-                                budget=control_budget(settings.profile),
+                                budget=control_budget(settings.profile), class_names=training.class_names_of(manifest),
                                 control=control_description(frame, manifest, policy, labels, settings.profile))
 
 

@@ -469,14 +469,15 @@ def _thinned_training(name: str, profile: config.Profile, manifest: pd.DataFrame
 def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
                 output_name: str | None = None, verbose: int = 2, extra_callbacks: tuple = (),
                 budget: dict | None = None, control: dict | None = None, max_train_images: int | None = None,
-                fold: dict | None = None) -> dict:
+                fold: dict | None = None, class_names: list[str] | None = None) -> dict:
     """Train `name` on the train split, keep the best validation epoch, write the model and its recipe record.
 
     Writes models/<output_name>.keras and .json and training/<output_name>/ (history.json, log.csv, curves.png,
     tensorboard/). `budget` changes the recipe (see `apply_budget`); `control` describes a control run (its labels
     and split, see alzlib.controls) and is stored in the record, as is `fold` (a cross-validation fold, see
     alzlib.crossval). `max_train_images` thins the training rows to every k-th slice per subject (None: the
-    profile's rule, see `_thinned_training`). `extra_callbacks` run after the run's own (after
+    profile's rule, see `_thinned_training`). `class_names` (None: those of `manifest`) fixes the model's outputs to
+    the task's classes when `manifest` lacks some (a control's subset). `extra_callbacks` run after the run's own (after
     BackupAndRestore, so an epoch they interrupt is backed up). A run killed mid-way resumes from its last
     finished epoch (BackupAndRestore) when called again.
     """
@@ -491,7 +492,10 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
         images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
     if len(images) != len(manifest):
         raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
-    class_names = class_names_of(manifest)
+    class_names = list(class_names) if class_names is not None else class_names_of(manifest)
+    if manifest["label_index"].max() >= len(class_names):
+        raise ValueError(f"label_index {manifest['label_index'].max()} has no name among the {len(class_names)} "
+                         f"class names {class_names}.")
     trained, trained_images, train_subset = _thinned_training(name, settings.profile, manifest, images,
                                                               max_train_images)
     train_images, train_labels = split_arrays(trained, trained_images, "train")

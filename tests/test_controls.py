@@ -59,6 +59,26 @@ def test_control_subset_draws_seventy_subjects_of_every_class_and_thins_their_sl
     assert controls.control_subset(small, max_images=800, seed=0) is small
 
 
+def test_control_frame_keeps_a_rare_class_and_the_task_label_indices(tmp_path, monkeypatch):
+    # Kaggle-like: 198 subjects, 2 of them ModerateDemented, subset of 74 subjects. Random labels drawn over all 198
+    # subjects lost the rare label from the subset (measured: a 3-class control model that notebook 09 could not
+    # score against 4 class names); drawn within the subset, its class counts are the subset's own.
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    frame = subject_frame(196, 32)
+    rare = frame[frame["label"] == "ModerateDemented"]["subject_id"].unique()
+    frame = frame[~frame["subject_id"].isin(rare[2:])].reset_index(drop=True)
+    settings = config.load_settings("cpu", data_dir=tmp_path)
+    for seed in range(5):
+        seeded = dataclasses.replace(settings, seed=seed)
+        control = controls.control_frame(frame, seeded, "subject", "random")
+        true = controls.control_frame(frame, seeded, "subject", "true")
+        assert control.index.equals(true.index) and control["subject_id"].nunique() >= controls.MIN_SUBSET_SUBJECTS
+        assert (splits.subject_labels(control).value_counts().sort_index()
+                == splits.subject_labels(true).value_counts().sort_index()).all()
+        assert "ModerateDemented" in set(control["label"])
+        assert (control["label_index"] == control["label"].map(dict(zip(CLASSES, range(4))))).all()
+
+
 def test_demonstration_compares_the_shipped_split_only_where_the_data_ship_one():
     assert controls.demonstration_policies(subject_frame(20, 4)) == ["subject", "slice"]
     assert controls.demonstration_policies(subject_frame(20, 4, shipped=True)) == ["subject", "shipped", "slice"]
