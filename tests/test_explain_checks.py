@@ -242,6 +242,18 @@ def test_cascade_passes_the_gradcam_of_a_trained_model(planted_model):
     assert (table.loc[2:, "high"] < explain.SIMILARITY_THRESHOLD).all()
 
 
+def test_compiled_gradcam_gives_the_eager_maps(planted_model):
+    images, labels = _planted(20, seed=5)  # 20: a full batch of 16 and a partial one through one graph
+    eager = explain.GradCam.build(planted_model).compute(images[..., None])
+    compiled = explain.GradCam.build(planted_model, compiled=True)
+    for class_indices in (None, labels):
+        result = compiled.compute(images[..., None], class_indices)
+        reference = eager if class_indices is None else explain.GradCam.build(planted_model).compute(
+            images[..., None], class_indices)
+        assert np.allclose(result["signed_heatmaps"], reference["signed_heatmaps"], atol=1e-5)
+        assert np.array_equal(result["class_indices"], reference["class_indices"])
+
+
 def test_cascade_verdict_and_required_step():
     assert explain.cascade_verdict([1.0, 0.9, 0.4, 0.3], required_step=2, subjects=8) == "pass"
     assert explain.cascade_verdict([1.0, 0.2, 0.6, 0.3], required_step=1, subjects=8) == "fail"
