@@ -270,10 +270,10 @@ def robustness_headline(settings: config.Settings) -> tuple[str, list[str]]:
     reference = best.get("reference_model", "baseline_cnn")
     bounds = (f" [{best['mce_low']:.0f}, {best['mce_high']:.0f}]"
               if pd.notna(best.get("mce_low")) and pd.notna(best.get("mce_high")) else "")
-    warnings = [f"robustness: {row.model}'s relative mCE covers {row.relative_corruptions_used} of "
-                f"{row.corruptions_used} corruptions (the reference's rise was too small for the others)"
-                for row in table.itertuples() if "relative_corruptions_used" in table
-                and row.relative_corruptions_used < row.corruptions_used]
+    partial = [f"{row.model} {row.relative_corruptions_used} of {row.corruptions_used}" for row in table.itertuples()
+               if "relative_corruptions_used" in table and row.relative_corruptions_used < row.corruptions_used]
+    warnings = [f"robustness: relative mCE covers only some corruptions ({', '.join(partial)}): the reference's rise "
+                f"was below the floor for the others"] if partial else []
     return (f"most robust {best['model']} (mCE {best['mce']:.0f}{bounds} vs {reference} 100) of {len(table)} "
             f"models", warnings)
 
