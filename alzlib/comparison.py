@@ -39,10 +39,16 @@ PAIRED_COLUMNS = ["model_a", "model_b", "level", "metric", "subjects", "rows", "
                   "low", "high", "p_value", "p_value_holm", "supported", "rule", "sentence", "undefined_resamples"]
 PAIRED_RESAMPLES = 2000
 SUPPORT_ALPHA = 0.05
-SUPPORT_RULE_SHORT = "supported when Holm-adjusted p < 0.05 and the 95% interval excludes 0"
+# Below this many paired subjects a class-stratified bootstrap has almost no distinct resamples (one subject per class
+# gives every resample the same score: measured on the smoke run, 4 subjects, intervals of zero width and p = 0.01),
+# so no difference is called supported; the sentence says inconclusive.
+MIN_PAIRED_SUBJECTS = 10
+SUPPORT_RULE_SHORT = ("supported when Holm-adjusted p < 0.05, the 95% interval excludes 0 and at least "
+                      f"{MIN_PAIRED_SUBJECTS} subjects are paired")
 SUPPORT_RULE = (
     "A difference (model_a minus model_b) is supported by the data when its Holm-adjusted two-sided bootstrap p-value "
-    "is below 0.05 and its 95% percentile interval excludes 0. The bootstrap resamples test subjects with "
+    f"is below 0.05, its 95% percentile interval excludes 0 and at least {MIN_PAIRED_SUBJECTS} subjects are paired "
+    "(fewer: inconclusive). The bootstrap resamples test subjects with "
     "replacement within each true class, the same subjects for both models (at slice level a subject's slices "
     "enter together); the p-value is twice the smaller share of resampled differences at or below 0 and at or "
     "above 0, with one added to each count and to the number of resamples; Holm's correction runs over every "
@@ -237,6 +243,9 @@ def _sentence(row: dict) -> str:
         a_higher = row["difference"] > 0
         better = row["model_a"] if a_higher != (row["metric"] in LOWER_IS_BETTER) else row["model_b"]
         verdict = f"supported by the data: {better} is better"
+    elif row["subjects"] < MIN_PAIRED_SUBJECTS:
+        verdict = (f"inconclusive: {row['subjects']} paired subjects are too few for the bootstrap (at least "
+                   f"{MIN_PAIRED_SUBJECTS} needed)")
     else:
         verdict = "not supported by the data"
     p_value = f"{row['p_value_holm']:.2f}" if row["p_value_holm"] >= 0.01 else f"{row['p_value_holm']:.3f}"
@@ -274,7 +283,8 @@ def paired_differences(predictions: dict[str, pd.DataFrame], level: str = "subje
     table = pd.DataFrame(rows)
     table["p_value_holm"] = holm_adjust(table["p_value"])
     excludes_zero = (table["low"] > 0) | (table["high"] < 0)
-    table["supported"] = (table["p_value_holm"] < SUPPORT_ALPHA) & excludes_zero
+    table["supported"] = ((table["p_value_holm"] < SUPPORT_ALPHA) & excludes_zero
+                          & (table["subjects"] >= MIN_PAIRED_SUBJECTS))
     table["rule"] = SUPPORT_RULE_SHORT
     table["sentence"] = [_sentence(row) for row in table.to_dict(orient="records")]
     return table[PAIRED_COLUMNS]

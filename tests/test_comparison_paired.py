@@ -111,6 +111,20 @@ def test_only_rows_both_models_predicted_are_paired():
     assert row["subjects"] == 32 and row["rows"] == 32
 
 
+def test_too_few_subjects_are_inconclusive_however_large_the_difference():
+    # One subject per class: every class-stratified resample is the same, so the interval has zero width and the
+    # p-value is tiny (measured on the smoke run); the rule must not call that supported.
+    labels = np.arange(4)
+    frames = {"right": _subject_frame(labels, labels), "wrong": _subject_frame(labels, (labels + 1) % 4)}
+    row = comparison.paired_differences(frames, n_bootstrap=200).iloc[0]
+    assert row["low"] == row["high"] == row["difference"] == 1.0 and row["p_value_holm"] < 0.05
+    assert not row["supported"] and "inconclusive: 4 paired subjects are too few" in row["sentence"]
+    enough = np.arange(comparison.MIN_PAIRED_SUBJECTS) % 4
+    row = comparison.paired_differences({"right": _subject_frame(enough, enough),
+                                         "wrong": _subject_frame(enough, (enough + 1) % 4)}, n_bootstrap=200).iloc[0]
+    assert row["supported"]
+
+
 def test_bad_inputs_raise_one_line_errors():
     frame = _subject_frame(LABELS, LABELS)
     with pytest.raises(ValueError, match="level must be one of"):
