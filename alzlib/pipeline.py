@@ -241,11 +241,16 @@ def evaluation_headline(settings: config.Settings) -> tuple[str, list[str]]:
 
 
 def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
-    """Return notebook 10's headline: the models explained and their randomisation check (lower is better)."""
+    """Return notebook 10's headline: the randomisation check (lower is better) and localisation against the prior."""
     table = pd.read_csv(settings.paths.gradcam / "summary.csv")
     scores = ", ".join(f"{row.model} {row.randomisation_mean_signed_spearman:.2f}" for row in table.itertuples())
+    warnings = [f"{row.model}: cascading randomisation fails (the map survives re-initialising down to "
+                f"{row.cascade_required_layer})" for row in table.itertuples()
+                if getattr(row, "cascade_verdict", "") == "fail"]
+    verdicts = ", ".join(f"{row.model} {row.localisation_verdict_vs_prior}" for row in table.itertuples()
+                         if isinstance(getattr(row, "localisation_verdict_vs_prior", None), str))
     return (f"Grad-CAM of {len(table)} models; trained vs re-initialised maps, signed Spearman (lower is better): "
-            f"{scores}", [])
+            f"{scores}" + (f"; localisation vs class prior: {verdicts}" if verdicts else ""), warnings)
 
 
 def comparison_headline(settings: config.Settings) -> tuple[str, list[str]]:
