@@ -379,14 +379,19 @@ def test_progress_line_carries_the_headline_and_warnings_are_collected(notebook_
 def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
     profile = config.PROFILES["cpu"]
     numbers = ["05", "06", "07", "08", "09", "10", "11", "12", "13"]
-    estimate = runner.estimate_run(profile, 720, 504, numbers, cpu_count=2)
-    # Measured on 2026-12-06 (idle 2-core machine, the costs' reference): 05-13 in 866 s, 05 alone 246 s.
+    # Measured on 2026-12-06 (idle 2-core machine, the costs' reference, no cross-validation): 05-13 in 866 s.
+    estimate = runner.estimate_run(profile, 720, 504, numbers, cpu_count=2, folds=1)
     assert 0.85 * 866 < estimate["seconds"] < 1.15 * 866 and estimate["speed_factor"] == 1.0
     assert estimate["low_seconds"] < estimate["seconds"] < estimate["high_seconds"]
     assert list(estimate["notebooks"]) == numbers and estimate["control_models"] == 4
     assert estimate["line"].startswith("estimated 12 min to 19 min for 05-13 on this machine (2 cores, CPU): "
                                        "720 images (504 train) x 4 epochs per model at 64 px, 4 control models x 60 "
                                        "epochs of 504; largest ")
+    # The profile's 5 folds of the baselines add to 05 only, and the line names them.
+    folded = runner.estimate_run(profile, 720, 504, numbers, cpu_count=2)
+    assert folded["notebooks"]["05"] > estimate["notebooks"]["05"] + 60 and folded["notebooks"]["06"] == (
+        estimate["notebooks"]["06"])
+    assert "5 folds of linear_pixels, baseline_cnn" in folded["line"]
 
 
 def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
@@ -400,7 +405,8 @@ def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
     assert kaggle == pytest.approx(runner.estimate_run(profile, 2143, 1500, ["06"])["seconds"], rel=1e-3)
     # A machine twice as slow as the reference (its speed probe) gets twice the estimate.
     assert runner.estimate_run(profile, 720, 504, ["06"], speed=2.0)["seconds"] == pytest.approx(2 * base, rel=1e-3)
-    four, six = (runner.estimate_run(profile, 720, 504, ["05"], shipped_split=shipped) for shipped in (False, True))
+    four, six = (runner.estimate_run(profile, 720, 504, ["05"], shipped_split=shipped, folds=1)
+                 for shipped in (False, True))
     assert six["control_models"] == 6 and six["seconds"] > 1.35 * four["seconds"]
     # The controls stop at the profile's control_images: 86,000 images cost no more control time than 2,400.
     large, medium = (runner.estimate_run(profile, images, round(0.7 * images), ["05"])["control_train_images"]
