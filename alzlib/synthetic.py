@@ -7,6 +7,13 @@ from its dementia stage (distributions overlap between neighbouring stages) plus
 classes. Intensity varies by a smooth bias field and contrast change; magnitude (Rician) noise is added and the
 slice skull-stripped. Each image gets a mask of where each atrophy component changed it (bit flags: 1 ventricles,
 2 cortex, 4 medial temporal). Synthetic: it teaches the method and has no clinical meaning.
+
+Cohort versions (docs/synthetic_cohort.md): "1" is the original model above, kept byte-identical per seed. In "2"
+each component has its own subject weight and noise, the ventricles and cortex carry a weaker stage effect than
+the medial temporal lobe (whose temporal horns also widen, asymmetrically), head pose varies more, and labels near
+a stage boundary are flipped to the neighbouring stage at a stated rate. Version 2 can be rendered as site "A" or
+site "B": another scanner (contrast curve, bias field, noise, resolution, slice thickness, intensity scale) with
+its own subjects and nothing class-related changed.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import os
 import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +71,92 @@ MTL_RADIUS_MM = 7.0
 COARSE_SHAPE = (53, 45)  # grid (rows, columns) the smooth random fields are evaluated on, then interpolated
 CHANNELS = ("t1", "grey", "white", "brain", "ventricle_distance", "cortex_depth", "mtl_depth", "mtl_region")
 
+# ----- cohort version 2 (docs/synthetic_cohort.md has the design and the measured calibration)
+COHORT_VERSIONS = ("1", "2")
+DEFAULT_COHORT_VERSION = "1"
+METADATA_COLUMNS_V2 = METADATA_COLUMNS + ("true_label", "label_noise", "latent_severity", "site", "cohort_version")
+CHANNELS_V2 = CHANNELS + ("horn_distance",)
+# Each component's severity = stage effect x subject weight x latent severity + the component's own noise. The
+# weights (log-normal, median 1) and noises are independent, so components agree only through the stage: the
+# ventricles and cortex carry much less of it than the medial temporal lobe, and the cortex most of the age term.
+# Measured (bench/cohort_v2.py, docs/synthetic_cohort.md): with these, global intensity/CSF/area statistics give a
+# subject-level balanced accuracy of about 0.37 and the same statistics in the medial temporal window about 0.63.
+STAGE_EFFECT_V2 = {"ventricles": 0.35, "cortex": 0.35, "medial_temporal": 1.0}
+WEIGHT_SPREAD_V2 = {"ventricles": 0.5, "cortex": 0.5, "medial_temporal": 0.15}
+COMPONENT_NOISE_V2 = {"ventricles": 0.12, "cortex": 0.12, "medial_temporal": 0.05}
+AGE_RANGE_V2 = (0.0, 0.8)
+AGE_WEIGHTS_V2 = {"ventricles": 0.3, "cortex": 1.2, "medial_temporal": 0.1}
+# Millimetres per unit of applied severity: the hippocampus erodes from its borders and the temporal horn widens.
+# Erosion saturates (the region is a few mm thick), so the horn carries the graded change between the later stages:
+# measured, hippocampal erosion of 4-6 mm left Mild and Moderate masks almost the same size.
+ATROPHY_MM_V2 = {"ventricles": 6.0, "cortex": 1.8, "medial_temporal": 3.0, "temporal_horn": 10.0}
+# Medial temporal loss is asymmetric: one side takes 1 + a of it, the other 1 - a, a uniform in +-this.
+MTL_ASYMMETRY = 0.35
+# Label noise: a subject whose latent severity lies within LABEL_NOISE_BAND of a boundary between its stage and a
+# neighbouring one gets the neighbour's label with probability LABEL_NOISE_PROBABILITY (about 10% of all subjects).
+STAGE_BOUNDARIES = tuple((low + high) / 2 for low, high in zip(STAGE_MEANS[:-1], STAGE_MEANS[1:]))
+LABEL_NOISE_BAND = 0.06
+LABEL_NOISE_PROBABILITY = 0.4
+# Site-B subjects are numbered from here (SYN5001, ...), so no id is shared with a site-A cohort.
+SITE_NUMBER_OFFSET = {"A": 0, "B": 5000}
+SITE_STREAM = {"A": 101, "B": 202}  # random-stream keys: each site draws its own subjects and scanner settings
+# Version 2's anatomy, pose and atrophy stream is keyed by subject number alone (sites number their subjects apart):
+# the same subject rendered at both sites differs only in the acquisition.
+ANATOMY_STREAM_V2 = 303
+
+
+@dataclass(frozen=True)
+class Pose:
+    """How far a subject's head pose and anatomy depart from the template (uniform ranges, +- values)."""
+
+    rotation_degrees: tuple = (3.0, 2.0, 4.0)  # about x, y and z (z is in the image plane)
+    shift_mm: tuple = (2.0, 2.0)  # left-right, front-back
+    scale_spread: float = 0.03  # standard deviation of the per-axis size factor
+    warp_mm: tuple = (1.0, 2.5)  # range of the elastic displacement's amplitude
+
+
+POSE_V1 = Pose()
+# Version 2: more pose and individual anatomy, so no structure sits on a fixed pixel (registered slice sets
+# still differ by several millimetres between subjects).
+POSE_V2 = Pose(rotation_degrees=(3.0, 2.0, 10.0), shift_mm=(8.0, 8.0), scale_spread=0.05, warp_mm=(1.5, 3.5))
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One scanner's acquisition: tissue contrast, contrast curve, bias field, noise, resolution and scaling.
+
+    Ranges are drawn uniformly per subject; nothing here depends on the subject's class.
+    """
+
+    site: str
+    grey_level: tuple = (0.52, 0.62)
+    white_level: tuple = (0.82, 0.92)
+    csf_level: tuple = (0.04, 0.12)
+    gamma: tuple = (0.85, 1.2)  # contrast curve: signal ** gamma
+    gain: tuple = (0.9, 1.05)
+    bias_strength: tuple = (0.04, 0.12)
+    noise_sigma: tuple = (0.012, 0.035)  # Rician noise, on the 0..1 intensity scale
+    blur_mm: float = 0.0  # in-plane point-spread function (Gaussian sigma)
+    slice_thickness_mm: float = 1.0  # through-plane averaging over a slab this thick
+    intensity_scale: float = 1.0  # the scanner's output scaling (display window)
+
+    def plane_offsets(self) -> tuple[float, ...]:
+        """Return the through-plane offsets (mm) averaged into one slice: one plane per 1.5 mm of thickness."""
+        planes = max(1, int(round(self.slice_thickness_mm / 1.5)))
+        half = (self.slice_thickness_mm - self.slice_thickness_mm / planes) / 2
+        return tuple(float(offset) for offset in np.linspace(-half, half, planes))
+
+
+ACQUISITIONS = {
+    # Site A is version 1's acquisition.
+    "A": Acquisition(site="A"),
+    # Site B: flatter grey-white contrast and contrast curve, a stronger bias field, more noise, 1.2 mm blur,
+    # 3 mm slices and darker output. Everything class-related (stages, atrophy model, pose) is site A's.
+    "B": Acquisition(site="B", grey_level=(0.60, 0.68), white_level=(0.78, 0.84), csf_level=(0.10, 0.16),
+                     gamma=(0.65, 0.8), gain=(0.9, 1.05), bias_strength=(0.18, 0.28), noise_sigma=(0.05, 0.07),
+                     blur_mm=1.2, slice_thickness_mm=3.0, intensity_scale=0.75),
+}
+
 
 @dataclass(frozen=True)
 class Anatomy:
@@ -81,15 +174,26 @@ class Subject:
     label: str
     severity: dict
     age_atrophy: float
+    version: str = "1"
+    site: str = "A"
+    true_label: str | None = None  # the stage the subject was drawn from when label noise changed `label`
+    latent: float | None = None
+    asymmetry: float = 0.0  # version 2: the left medial temporal lobe takes 1 + asymmetry, the right 1 - asymmetry
 
     @property
     def subject_id(self) -> str:
         """Return the subject id, e.g. SYN0001."""
         return f"SYN{self.number:04d}"
 
+    @property
+    def stage(self) -> str:
+        """Return the stage the subject's atrophy was drawn from (its label unless label noise changed it)."""
+        return self.true_label or self.label
+
     def applied(self, component: str) -> float:
         """Return the total severity applied to `component` (stage part plus its share of the age term)."""
-        return self.severity[component] + AGE_WEIGHTS[component] * self.age_atrophy
+        weights = AGE_WEIGHTS if self.version == "1" else AGE_WEIGHTS_V2
+        return self.severity[component] + weights[component] * self.age_atrophy
 
 
 # ----------------------------------------------------------------------------------------------- template anatomy
@@ -168,9 +272,15 @@ def _mtl_region(grey: np.ndarray, horns: np.ndarray, origin: np.ndarray) -> np.n
     return region | horns
 
 
-@functools.lru_cache(maxsize=1)
-def template_anatomy() -> Anatomy:
+def template_anatomy(version: str = "1") -> Anatomy:
     """Return the cropped template channels every subject is sampled from (computed once per process)."""
+    check_cohort(version, "A")
+    return _template_anatomy(version)
+
+
+@functools.lru_cache(maxsize=2)
+def _template_anatomy(version: str) -> Anatomy:
+    """Return the template channels of cohort `version` (CHANNELS; version 2 adds CHANNELS_V2's horn distance)."""
     t1, grey, white, affine = _load_templates()
     (t1, grey, white), origin = _crop([t1, grey, white], affine)
     # Skull-strip with the tissue maps: dilated grey + white matter, ventricles filled in.
@@ -185,6 +295,8 @@ def template_anatomy() -> Anatomy:
                 np.minimum(ndimage.distance_transform_edt(~ventricles), 30.0),
                 np.minimum(ndimage.distance_transform_edt(~outer), 30.0),
                 ndimage.distance_transform_edt(region), ndimage.gaussian_filter(region.astype(np.float32), 0.5)]
+    if version != "1":
+        channels.append(np.minimum(ndimage.distance_transform_edt(~horns), 30.0))
     # Stored z, y, x (x fastest): neighbouring pixels of an image row are neighbours in memory, which makes
     # the per-subject gather several times faster than x, y, z order.
     stack = np.stack([np.asarray(channel, dtype=np.float32).transpose(2, 1, 0) for channel in channels], axis=-1)
@@ -222,13 +334,27 @@ def slice_positions(slices: int) -> np.ndarray:
     return SLICE_CENTRE_MM + (np.arange(slices, dtype=np.float32) - (slices - 1) / 2) * spacing
 
 
-def draw_subjects(profile: config.Profile, seed: int) -> list[Subject]:
+def check_cohort(version: str, site: str) -> None:
+    """Raise ValueError unless `version` is a cohort version and `site` an acquisition it can be rendered with."""
+    if version not in COHORT_VERSIONS:
+        raise ValueError(f"cohort version must be one of {COHORT_VERSIONS}, got {version!r}")
+    if site not in ACQUISITIONS:
+        raise ValueError(f"site must be one of {tuple(ACQUISITIONS)}, got {site!r}")
+    if version == "1" and site != "A":
+        raise ValueError(f"cohort version 1 has one acquisition (site 'A'); site {site!r} needs version '2'")
+
+
+def draw_subjects(profile: config.Profile, seed: int, version: str = DEFAULT_COHORT_VERSION,
+                  site: str = "A") -> list[Subject]:
     """Return the cohort's subjects: classes shuffled over ids (ids carry no class), severities per stage."""
+    check_cohort(version, site)
     labels = [name for name in config.CLASS_NAMES for _ in range(int(profile.cohort_subjects.get(name, 0)))]
     unknown = set(profile.cohort_subjects) - set(config.CLASS_NAMES)
     if unknown or not labels:
         raise ValueError(f"profile {profile.name!r} cohort_subjects must count subjects of {config.CLASS_NAMES}; "
                          f"got {profile.cohort_subjects}")
+    if version == "2":
+        return _draw_subjects_v2(labels, seed, site)
     order = np.random.default_rng([seed, 0]).permutation(len(labels))
     subjects = []
     for number, position in enumerate(order, start=1):
@@ -238,6 +364,43 @@ def draw_subjects(profile: config.Profile, seed: int) -> list[Subject]:
         severity = {name: float(max(0.0, latent + rng.normal(0.0, COMPONENT_SPREAD))) for name in MASK_BITS}
         subjects.append(Subject(number, labels[position], severity, float(rng.uniform(*AGE_RANGE))))
     return subjects
+
+
+def _draw_subjects_v2(stages: list[str], seed: int, site: str) -> list[Subject]:
+    """Return version-2 subjects of the given stages (shuffled over ids), from the site's own random stream."""
+    offset = SITE_NUMBER_OFFSET[site]
+    if len(stages) > min(value for value in SITE_NUMBER_OFFSET.values() if value > 0):
+        raise ValueError(f"A version-2 cohort holds at most 5000 subjects per site, got {len(stages)}")
+    order = np.random.default_rng([seed, SITE_STREAM[site], 0]).permutation(len(stages))
+    return [_draw_subject_v2(np.random.default_rng([seed, SITE_STREAM[site], number, 1]), offset + number,
+                             stages[position], site) for number, position in enumerate(order, start=1)]
+
+
+def _draw_subject_v2(rng: np.random.Generator, number: int, stage_name: str, site: str) -> Subject:
+    """Return one version-2 subject: independent component weights and noise, age, asymmetry, boundary label noise."""
+    stage = config.CLASS_NAMES.index(stage_name)
+    # A fixed number of draws in a fixed order, whatever the outcome: every subject's stream stays aligned.
+    latent = STAGE_MEANS[stage] + rng.normal(0.0, STAGE_SPREAD)
+    weights = np.exp(rng.normal(0.0, [WEIGHT_SPREAD_V2[name] for name in MASK_BITS]))
+    noises = rng.normal(0.0, [COMPONENT_NOISE_V2[name] for name in MASK_BITS])
+    age, asymmetry, flip = rng.uniform(*AGE_RANGE_V2), rng.uniform(-MTL_ASYMMETRY, MTL_ASYMMETRY), rng.uniform()
+    severity = {name: float(max(0.0, STAGE_EFFECT_V2[name] * weight * latent + noise))
+                for name, weight, noise in zip(MASK_BITS, weights, noises)}
+    neighbour = boundary_neighbour(stage, latent)
+    label = config.CLASS_NAMES[neighbour] if neighbour is not None and flip < LABEL_NOISE_PROBABILITY else stage_name
+    return Subject(number, label, severity, float(age), version="2", site=site,
+                   true_label=stage_name if label != stage_name else None, latent=float(latent),
+                   asymmetry=float(asymmetry))
+
+
+def boundary_neighbour(stage: int, latent: float) -> int | None:
+    """Return the neighbouring stage whose boundary with `stage` lies within LABEL_NOISE_BAND of `latent`, else None."""
+    for neighbour in (stage - 1, stage + 1):
+        if 0 <= neighbour < len(STAGE_MEANS):
+            boundary = STAGE_BOUNDARIES[min(stage, neighbour)]
+            if abs(latent - boundary) < LABEL_NOISE_BAND:
+                return neighbour
+    return None
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -258,11 +421,14 @@ def _image_grid(depth: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel(), z.ravel()])
 
 
-def _subject_affine(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _subject_affine(rng: np.random.Generator, pose: Pose = POSE_V1) -> tuple[np.ndarray, np.ndarray]:
     """Return a random head pose and size: matrix (3, 3) and shift (3, 1) from image to template mm."""
     # Small: the public slice sets come from scans registered to an atlas (OASIS: Talairach space).
-    matrix = _rotation(np.deg2rad(rng.uniform([-3, -2, -4], [3, 2, 4]))) @ np.diag(1 / rng.normal(1.0, 0.03, 3))
-    shift = np.array([[rng.uniform(-2, 2)], [BRAIN_CENTRE_Y_MM + rng.uniform(-2, 2)], [0.0]])
+    rotation = np.array(pose.rotation_degrees, dtype=float)
+    matrix = _rotation(np.deg2rad(rng.uniform(-rotation, rotation))) @ np.diag(1 / rng.normal(1.0, pose.scale_spread,
+                                                                                                3))
+    shift = np.array([[rng.uniform(-pose.shift_mm[0], pose.shift_mm[0])],
+                      [BRAIN_CENTRE_Y_MM + rng.uniform(-pose.shift_mm[1], pose.shift_mm[1])], [0.0]])
     return matrix.astype(np.float32), shift.astype(np.float32)
 
 
@@ -293,20 +459,25 @@ def _interpolation_matrix(size: int, coarse: int) -> np.ndarray:
                     axis=1).astype(np.float32)
 
 
-def subject_geometry(rng: np.random.Generator, slices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return one subject's template positions of its pixels (3, S*H*W, mm), 4 smooth fields and a brain hint.
+def subject_geometry(rng: np.random.Generator, slices: int, pose: Pose = POSE_V1,
+                     plane_offsets: tuple[float, ...] = (0.0,), version: str = "1"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return one subject's template positions of its pixels (3, S*P*H*W, mm), 4 smooth fields and a brain hint.
 
     The random fields vary over centimetres, so they are evaluated on a coarse grid and interpolated. The
-    hint marks pixels that may show brain (from the coarse grid, dilated); only those are rendered.
+    hint marks pixels that may show brain (from the coarse grid, dilated); only those are rendered. Each of
+    the S slices is sampled on P planes at `plane_offsets` (mm) for through-plane averaging.
     """
     depth = slice_positions(slices) + rng.uniform(-1.5, 1.5)
-    matrix, shift = _subject_affine(rng)
+    depth = (depth[:, None] + np.asarray(plane_offsets, dtype=np.float32)[None, :]).ravel()
+    slices = len(depth)
+    matrix, shift = _subject_affine(rng, pose)
     coarse = matrix @ _image_grid(depth, *COARSE_SHAPE) + shift
     # Elastic warp (a few mm of smooth displacement): individual anatomy beyond the affine; then fields for
     # patchy atrophy (3) and the scanner's bias field (1).
     fields = _smooth_fields(rng, coarse, [0.045] * 3 + [0.06] * 3 + [0.015])
-    fields[:3] *= rng.uniform(1.0, 2.5, (3, 1)).astype(np.float32)
-    brain = sample_trilinear(template_anatomy(), coarse + fields[:3])[:, CHANNELS.index("brain")]
+    fields[:3] *= rng.uniform(*pose.warp_mm, (3, 1)).astype(np.float32)
+    brain = sample_trilinear(template_anatomy(version), coarse + fields[:3])[:, CHANNELS.index("brain")]
     grid_shape = (slices, COARSE_SHAPE[0], COARSE_SHAPE[1])
     hint = ndimage.maximum_filter(brain.reshape(grid_shape), size=(1, 3, 3)).reshape(1, -1)
     fine = _upsample(np.concatenate([fields, hint]), slices)
@@ -324,6 +495,8 @@ def _grown(reach: np.ndarray | float, distance: np.ndarray) -> np.ndarray:
 
 def render_subject(subject: Subject, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Return one subject's slices (uint8, S x H x W) and atrophy masks (uint8 bit flags, same shape)."""
+    if subject.version == "2":
+        return _render_subject_v2(subject, slices, seed)
     rng = np.random.default_rng([seed, subject.number, 2])
     points, fields, hint = subject_geometry(rng, slices)
     pixels = np.flatnonzero(hint)
@@ -363,6 +536,70 @@ def _atrophy(subject: Subject, channel: dict, patches: np.ndarray) -> dict:
     }
 
 
+def _render_subject_v2(subject: Subject, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return a version-2 subject's slices and masks as its site's scanner acquires them."""
+    acquisition = ACQUISITIONS[subject.site]
+    rng = np.random.default_rng([seed, SITE_STREAM[subject.site], subject.number, 3])  # the scanner's draws
+    planes = acquisition.plane_offsets()
+    anatomy_rng = np.random.default_rng([seed, ANATOMY_STREAM_V2, subject.number, 2])
+    points, fields, hint = subject_geometry(anatomy_rng, slices, POSE_V2, planes, version="2")
+    pixels = np.flatnonzero(hint)
+    values = sample_trilinear(template_anatomy("2"), points[:, pixels])
+    channel = {name: values[:, index] for index, name in enumerate(CHANNELS_V2)}
+    grey_level, white_level, csf_level = (rng.uniform(*acquisition.grey_level), rng.uniform(*acquisition.white_level),
+                                          rng.uniform(*acquisition.csf_level))
+    csf = np.clip(channel["brain"] - channel["grey"] - channel["white"], 0.0, 1.0)
+    base = 0.5 * channel["t1"] + 0.5 * (grey_level * channel["grey"] + white_level * channel["white"]
+                                        + csf_level * csf)
+    csf_value = 0.5 * 0.22 + 0.5 * csf_level
+    # Template x < 0 is the left hemisphere.
+    converted = _atrophy_v2(subject, channel, 0.5 + 0.5 * fields[:3, pixels], np.sign(points[0, pixels]))
+    fraction = np.maximum.reduce(list(converted.values()))
+    # Everything is rendered on every plane of the slab, then averaged through the slice's thickness.
+    layers = [base * (1 - fraction) + csf_value * fraction, channel["brain"]]
+    layers += [amount * (base - csf_value) for amount in converted.values()]
+    shape = (slices, len(planes), IMAGE_HEIGHT * IMAGE_WIDTH)
+    full = np.zeros((len(layers), points.shape[1]), dtype=np.float32)
+    full[:, pixels] = np.stack(layers)
+    full = full.reshape(len(layers), *shape).mean(axis=2).reshape(len(layers), slices, IMAGE_HEIGHT, IMAGE_WIDTH)
+    bias = fields[3].reshape(shape).mean(axis=1).reshape(slices, IMAGE_HEIGHT, IMAGE_WIDTH)
+    signal, brain, changes = full[0], full[1], full[2:]
+    masks = np.zeros(signal.shape, dtype=np.uint8)
+    for change, bit in zip(changes, MASK_BITS.values()):
+        masks |= ((change > MASK_CHANGE) & (brain > 0.5)).astype(np.uint8) * bit
+    image = _acquire_site(rng, signal, bias, acquisition) * brain
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8), masks
+
+
+def _atrophy_v2(subject: Subject, channel: dict, patches: np.ndarray, hemisphere: np.ndarray) -> dict:
+    """Return version 2's converted tissue fractions: v1's ventricles and cortex; hippocampus and temporal horn."""
+    grey_share = channel["grey"] / np.maximum(channel["grey"] + channel["white"], 1e-3)
+    reach = {name: ATROPHY_MM_V2[name] * subject.applied(name) for name in MASK_BITS}
+    # Medial temporal loss differs between the sides; both the hippocampus and the horn beside it change shape.
+    side = (1.0 - subject.asymmetry * hemisphere) * subject.applied("medial_temporal") * (0.8 + 0.4 * patches[2])
+    hippocampus = channel["mtl_region"] * _grown(ATROPHY_MM_V2["medial_temporal"] * side, channel["mtl_depth"])
+    horn = _grown(ATROPHY_MM_V2["temporal_horn"] * side, channel["horn_distance"])
+    return {
+        "ventricles": _grown(reach["ventricles"] * (0.7 + 0.6 * patches[0]), channel["ventricle_distance"]),
+        "cortex": grey_share * _grown(reach["cortex"] * (0.4 + 1.2 * patches[1]), channel["cortex_depth"]),
+        "medial_temporal": np.maximum(hippocampus, horn),
+    }
+
+
+def _acquire_site(rng: np.random.Generator, image: np.ndarray, bias_field: np.ndarray,
+                  acquisition: Acquisition) -> np.ndarray:
+    """Return slices (S x H x W) as `acquisition`'s scanner gives them: contrast curve, blur, bias field, noise."""
+    gamma, gain = rng.uniform(*acquisition.gamma), rng.uniform(*acquisition.gain)
+    strength, sigma = rng.uniform(*acquisition.bias_strength), rng.uniform(*acquisition.noise_sigma)
+    signal = np.clip(image, 0, None) ** gamma
+    if acquisition.blur_mm > 0:  # pixels are 1 mm
+        signal = ndimage.gaussian_filter(signal, (0.0, acquisition.blur_mm, acquisition.blur_mm))
+    signal = gain * signal * (1.0 + strength * bias_field)
+    real = signal + rng.normal(0.0, sigma, signal.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, signal.shape).astype(np.float32)
+    return acquisition.intensity_scale * np.sqrt(real ** 2 + imaginary ** 2)
+
+
 def _acquire(rng: np.random.Generator, image: np.ndarray, bias_field: np.ndarray) -> np.ndarray:
     """Return `image` as a scanner would give it: contrast change, smooth bias field and Rician noise."""
     gamma, gain = rng.uniform(0.85, 1.2), rng.uniform(0.9, 1.05)
@@ -399,6 +636,7 @@ def _write_subject(task: tuple[Subject, int, int, str]) -> list[dict]:
     rows = []
     for slice_index in range(slices):
         stem = f"{subject.subject_id}_slice{slice_index:02d}"
+        # Files sit under the subject's label: with label noise, the label a rater gave, not the drawn stage.
         image_file = Path("images") / subject.label / f"{stem}.jpg"
         mask_file = Path("masks") / subject.label / f"{stem}.png"
         (Path(root) / image_file).write_bytes(_encode(images[slice_index], "JPEG"))
@@ -409,7 +647,16 @@ def _write_subject(task: tuple[Subject, int, int, str]) -> list[dict]:
                      "severity_cortex": subject.applied("cortex"),
                      "severity_mtl": subject.applied("medial_temporal"), "age_atrophy": subject.age_atrophy,
                      "slice_index": slice_index, "file": image_file.as_posix(), "mask_file": mask_file.as_posix()})
+        if subject.version != "1":
+            rows[-1].update({"true_label": subject.stage, "label_noise": subject.true_label is not None,
+                             "latent_severity": subject.latent, "site": subject.site,
+                             "cohort_version": subject.version})
     return rows
+
+
+def metadata_columns(version: str = DEFAULT_COHORT_VERSION) -> tuple[str, ...]:
+    """Return the columns of a cohort's metadata.csv (version 2 adds the true stage, label noise and site)."""
+    return METADATA_COLUMNS if version == "1" else METADATA_COLUMNS_V2
 
 
 def cohort_parameters(profile: config.Profile) -> dict:
@@ -420,17 +667,29 @@ def cohort_parameters(profile: config.Profile) -> dict:
             "slice_positions_mm": [round(float(z), 2) for z in slice_positions(profile.slices_per_subject)]}
 
 
-def _cohort_record(profile: config.Profile, seed: int, frame: pd.DataFrame) -> dict:
+def _cohort_record(profile: config.Profile, seed: int, frame: pd.DataFrame, version: str, site: str) -> dict:
     """Return the contents of cohort.json (no timestamps: the same seed gives byte-identical files)."""
     import nilearn
 
     counts = {name: {"subjects": int(frame.loc[frame.label == name, "subject_id"].nunique()),
                      "images": int((frame.label == name).sum())} for name in config.CLASS_NAMES}
-    return {"synthetic": True, "generator": "alzlib.synthetic", "generator_version": GENERATOR_VERSION,
-            "seed": int(seed), "profile": profile.name, "parameters": cohort_parameters(profile),
-            "counts": counts, "n_subjects": int(frame.subject_id.nunique()), "n_images": len(frame),
-            "mask_bits": MASK_BITS, "template": f"MNI152 T1/GM/WM 1 mm from nilearn {nilearn.__version__}",
-            "note": "Synthetic data made from a brain template with simulated atrophy: no clinical meaning."}
+    record = {"synthetic": True, "generator": "alzlib.synthetic", "generator_version": GENERATOR_VERSION,
+              "cohort_version": version, "site": site, "seed": int(seed), "profile": profile.name,
+              "parameters": cohort_parameters(profile), "counts": counts,
+              "n_subjects": int(frame.subject_id.nunique()), "n_images": len(frame), "mask_bits": MASK_BITS,
+              "template": f"MNI152 T1/GM/WM 1 mm from nilearn {nilearn.__version__}",
+              "note": "Synthetic data made from a brain template with simulated atrophy: no clinical meaning."}
+    if version != "1":
+        subjects = frame.drop_duplicates("subject_id")
+        record["acquisition"] = asdict(ACQUISITIONS[site])
+        record["label_noise"] = {"subjects": int(subjects.label_noise.sum()),
+                                 "rate": float(subjects.label_noise.mean()), "band": LABEL_NOISE_BAND,
+                                 "probability_near_boundary": LABEL_NOISE_PROBABILITY,
+                                 "rule": "a subject whose latent severity lies within the band of a boundary with a "
+                                         "neighbouring stage gets that stage's label with this probability"}
+        record["true_stage_subjects"] = {name: int((subjects.true_label == name).sum())
+                                         for name in config.CLASS_NAMES}
+    return record
 
 
 def _worker_count(subjects: int) -> int:
@@ -455,16 +714,17 @@ def _render_all(subjects: list[Subject], slices: int, seed: int, root: Path) -> 
         if workers == 1:
             return [row for task in tasks for row in _write_subject(task)]
         # Each subject has its own random stream, so the files do not depend on the worker count or order.
-        with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                                 initargs=(subjects[0].version,)) as pool:
             return [row for rows in pool.map(_write_subject, tasks, chunksize=4) for row in rows]
 
 
-def _start_worker() -> None:
+def _start_worker(version: str = "1") -> None:
     """Prepare a rendering process: one BLAS thread, template anatomy loaded once."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
-    template_anatomy()
+    template_anatomy(version)
 
 
 def is_synthetic_cohort(data_dir: str | os.PathLike) -> bool:
@@ -486,11 +746,16 @@ def _check_replaceable(out_dir: Path) -> None:
                               f"as a data set, or empty/move it to generate the synthetic cohort there.")
 
 
-def generate_cohort(out_dir: str | os.PathLike, profile: config.Profile, seed: int = config.DEFAULT_SEED) -> Path:
-    """Write the synthetic cohort of `profile` to `out_dir` atomically (temp sibling, then rename); return it."""
+def generate_cohort(out_dir: str | os.PathLike, profile: config.Profile, seed: int = config.DEFAULT_SEED,
+                    version: str = DEFAULT_COHORT_VERSION, site: str = "A") -> Path:
+    """Write the synthetic cohort of `profile` to `out_dir` atomically (temp sibling, then rename); return it.
+
+    `version` picks the cohort model ("1" or "2"); `site` the acquisition ("B" needs version "2": another
+    scanner and other subjects, for external validation).
+    """
     out_dir = Path(out_dir).expanduser().absolute()
     _check_replaceable(out_dir)
-    subjects = draw_subjects(profile, seed)
+    subjects = draw_subjects(profile, seed, version, site)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
@@ -498,11 +763,12 @@ def generate_cohort(out_dir: str | os.PathLike, profile: config.Profile, seed: i
         for folder in ("images", "masks"):
             for name in config.CLASS_NAMES:
                 (temporary / folder / name).mkdir(parents=True, exist_ok=True)
-        template_anatomy()  # computed before any worker starts, so forked workers share it
+        template_anatomy(version)  # computed before any worker starts, so forked workers share it
         frame = pd.DataFrame(_render_all(subjects, profile.slices_per_subject, seed, temporary),
-                             columns=list(METADATA_COLUMNS))
+                             columns=list(metadata_columns(version)))
         frame.to_csv(temporary / "metadata.csv", index=False, float_format="%.6f", lineterminator="\n")
-        write_json(temporary / "cohort.json", _cohort_record(profile, seed, frame))  # last: completion marker
+        # Last: the completion marker.
+        write_json(temporary / "cohort.json", _cohort_record(profile, seed, frame, version, site))
         _replace_folder(temporary, out_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -519,24 +785,29 @@ def _replace_folder(source: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def cohort_matches(data_dir: str | os.PathLike, profile: config.Profile, seed: int) -> bool:
-    """True when `data_dir` holds a complete cohort made by this generator version with this seed and profile."""
+def cohort_matches(data_dir: str | os.PathLike, profile: config.Profile, seed: int,
+                   version: str = DEFAULT_COHORT_VERSION, site: str = "A") -> bool:
+    """True when `data_dir` holds a complete cohort of this generator, seed, profile, cohort version and site."""
+    check_cohort(version, site)
     if not is_synthetic_cohort(data_dir):
         return False
     record = read_json(Path(data_dir) / "cohort.json")
+    # Markers written before cohort versions existed are version-1, site-A cohorts.
     return (record.get("generator_version") == GENERATOR_VERSION and record.get("seed") == seed
+            and record.get("cohort_version", "1") == version and record.get("site", "A") == site
             and record.get("parameters") == cohort_parameters(profile)
             and (Path(data_dir) / "metadata.csv").is_file())
 
 
 def ensure_cohort(profile: config.Profile, seed: int = config.DEFAULT_SEED,
-                  data_dir: str | os.PathLike | None = None) -> Path:
+                  data_dir: str | os.PathLike | None = None, version: str = DEFAULT_COHORT_VERSION,
+                  site: str = "A") -> Path:
     """Return the cohort folder, generating it unless a matching complete cohort is already there."""
     data_dir = Path(data_dir) if data_dir is not None else config.default_data_dir(profile)
-    if cohort_matches(data_dir, profile, seed):
+    if cohort_matches(data_dir, profile, seed, version, site):
         return data_dir
     _check_replaceable(data_dir)
-    return generate_cohort(data_dir, profile, seed)
+    return generate_cohort(data_dir, profile, seed, version, site)
 
 
 # ----------------------------------------------------------------------------------------------- reading back
@@ -641,3 +912,134 @@ def calibration_baseline(data_dir: str | os.PathLike, seed: int = config.DEFAULT
             "n_images": len(frame), "n_subjects": int(frame.subject_id.nunique()), "n_classes": len(classes),
             "image_size": size, "folds": folds.get_n_splits(), "model": "logistic regression (C=0.05) on pixels",
             "split": "StratifiedGroupKFold by subject, out-of-fold predictions pooled", "synthetic": True}
+
+
+# ----------------------------------------------------------------------------------------------- difficulty checks
+
+# Grey level above which a pixel counts as brain in the statistics below (the background is skull-stripped to 0).
+BRAIN_LEVEL = 10
+STATISTIC_NAMES = ("area", "mean", "std", "p10", "p25", "p50", "p75", "p90", "csf_fraction", "dark_fraction")
+# The focal window: the template's medial temporal region in a template-posed image, widened by this margin (mm)
+# so that it still holds the region under a subject's pose and warp.
+WINDOW_MARGIN_MM = 6
+
+
+def medial_temporal_window(slices: int, margin_mm: int = WINDOW_MARGIN_MM) -> np.ndarray:
+    """Return where the medial temporal region lies in each of `slices` template-posed slices (S x H x W, bool)."""
+    points = _image_grid(slice_positions(slices), IMAGE_HEIGHT, IMAGE_WIDTH)
+    points = points + np.array([[0.0], [BRAIN_CENTRE_Y_MM], [0.0]], dtype=np.float32)
+    region = sample_trilinear(template_anatomy(), points)[:, CHANNELS.index("mtl_region")] > 0.3
+    disc = np.hypot(*np.mgrid[-margin_mm:margin_mm + 1, -margin_mm:margin_mm + 1]) <= margin_mm
+    return np.stack([ndimage.binary_dilation(plane, disc) for plane in
+                     region.reshape(slices, IMAGE_HEIGHT, IMAGE_WIDTH)])
+
+
+def image_statistics(image: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """Return STATISTIC_NAMES of a uint8 slice's brain, or of its brain inside `region`: area, intensity, CSF.
+
+    Area is a fraction of the image (or region); CSF and dark fractions count brain pixels darker than 0.45 and
+    0.7 of the whole brain's median, so they do not depend on the scanner's gain.
+    """
+    brain = ndimage.binary_fill_holes(image > BRAIN_LEVEL)
+    if not brain.any():
+        return np.zeros(len(STATISTIC_NAMES), dtype=np.float32)
+    median = float(np.median(image[brain])) / 255.0
+    if region is not None:
+        brain &= region
+    values = image[brain].astype(np.float32) / 255.0
+    if values.size == 0:
+        return np.zeros(len(STATISTIC_NAMES), dtype=np.float32)
+    percentiles = np.percentile(values, [10, 25, 50, 75, 90])
+    area = brain.sum() / (region.sum() if region is not None else brain.size)
+    return np.array([area, values.mean(), values.std(), *percentiles, (values < 0.45 * median).mean(),
+                     (values < 0.7 * median).mean()], dtype=np.float32)
+
+
+def acquisition_statistics(image: np.ndarray) -> dict:
+    """Return a uint8 slice's acquisition properties, measured inside its brain (eroded 4 px from the edge).
+
+    noise: 10th percentile of the 5 x 5 local standard deviation (flat tissue); contrast: (p75 - p25) / p50 of
+    intensities; sharpness: mean gradient magnitude of the slice smoothed by 1 px, over its median; brightness:
+    the median (0..1).
+    """
+    pixels = image.astype(np.float32) / 255.0
+    brain = ndimage.binary_erosion(ndimage.binary_fill_holes(image > BRAIN_LEVEL), iterations=4)
+    if not brain.any():
+        raise ValueError(f"No brain in the image (no pixel above grey level {BRAIN_LEVEL} after erosion)")
+    mean = ndimage.uniform_filter(pixels, 5)
+    local_std = np.sqrt(np.clip(ndimage.uniform_filter(pixels ** 2, 5) - mean ** 2, 0, None))
+    low, median, high = np.percentile(pixels[brain], [25, 50, 75])
+    smooth = ndimage.gaussian_filter(pixels, 1.0)
+    gradient = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+    return {"noise": float(np.percentile(local_std[brain], 10)), "contrast": float((high - low) / median),
+            "sharpness": float(gradient[brain].mean() / median), "brightness": float(median)}
+
+
+def subject_statistics(data_dir: str | os.PathLike) -> pd.DataFrame:
+    """Return per subject its label and the mean over its slices of the global and focal statistics."""
+    data_dir = Path(data_dir)
+    frame = load_metadata(data_dir)
+    slices = int(read_json(data_dir / "cohort.json")["parameters"]["slices_per_subject"])
+    window = medial_temporal_window(slices)
+    rows = []
+    for record in frame.itertuples():
+        image = _read_grey(data_dir / record.file)
+        values = np.concatenate([image_statistics(image), image_statistics(image, window[record.slice_index])])
+        rows.append(values)
+    names = [f"global_{name}" for name in STATISTIC_NAMES] + [f"focal_{name}" for name in STATISTIC_NAMES]
+    statistics = pd.DataFrame(np.stack(rows), columns=names)
+    statistics.insert(0, "subject_id", frame.subject_id.to_numpy())
+    columns = ["label"] + (["true_label"] if "true_label" in frame.columns else [])
+    labels = frame.groupby("subject_id")[columns].first()
+    return labels.join(statistics.groupby("subject_id").mean()).reset_index()
+
+
+def feature_calibration(data_dir: str | os.PathLike, seed: int = config.DEFAULT_SEED, repeats: int = 3,
+                        label_column: str = "label") -> dict:
+    """Return how much class information global statistics and medial temporal (focal) statistics carry.
+
+    Each is a logistic regression on subject-level statistics (image_statistics averaged over a subject's
+    slices), scored by the balanced accuracy of pooled out-of-fold predictions of a stratified 5-fold split of
+    subjects, repeated `repeats` times. Global: whole-brain intensity, CSF and area statistics. Focal: the same
+    statistics inside the fixed medial temporal window (medial_temporal_window), never the subject's own mask.
+    """
+    subjects = subject_statistics(data_dir)
+    if label_column not in subjects.columns:
+        raise ValueError(f"{data_dir} metadata has no {label_column!r} column (version-1 cohorts have 'label' only)")
+    counts = subjects[label_column].value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        raise ValueError(f"feature_calibration needs at least 2 classes with 2+ subjects each; got {counts.to_dict()}")
+    targets = subjects[label_column].map({name: index for index, name in enumerate(config.CLASS_NAMES)}).to_numpy()
+    folds = int(min(5, counts.min()))
+    result = {"n_subjects": len(subjects), "n_classes": len(counts), "folds": folds, "repeats": repeats,
+              "labels": label_column, "chance_balanced_accuracy": 1.0 / len(counts), "statistics": STATISTIC_NAMES,
+              "model": "StandardScaler + LogisticRegression(C=1, class_weight='balanced') on subject means",
+              "synthetic": True}
+    for kind in ("global", "focal"):
+        features = subjects[[f"{kind}_{name}" for name in STATISTIC_NAMES]].to_numpy()
+        scores = _repeated_scores(features, targets, folds, repeats, seed)
+        result[kind] = {"balanced_accuracy": float(np.mean(scores)), "sd_over_repeats": float(np.std(scores)),
+                        "per_repeat": [float(score) for score in scores]}
+    return result
+
+
+def _repeated_scores(features: np.ndarray, targets: np.ndarray, folds: int, repeats: int, seed: int) -> list[float]:
+    """Return the pooled out-of-fold balanced accuracy of each repeat of a stratified k-fold logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    scores = []
+    with threadpool_limits(limits=1):
+        for repeat in range(repeats):
+            predictions = np.empty_like(targets)
+            splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
+            for train, test in splitter.split(features, targets):
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced",
+                                                                           max_iter=5000))
+                predictions[test] = model.fit(features[train], targets[train]).predict(features[test])
+            scores.append(balanced_accuracy_score(targets, predictions))
+    return scores

@@ -29,6 +29,31 @@ def cohort(tmp_path_factory) -> Path:
     return synthetic.generate_cohort(tmp_path_factory.mktemp("cohort") / "tiny", TINY, seed=3)
 
 
+# Version 1 as generated before cohort versions existed (commit b840b33), TINY at seed 3: the metadata file, the
+# first three subjects' rendered arrays, and those arrays' per-slice sums and masked-pixel counts.
+V1_METADATA_SHA256 = "9e211a3b18a3acb508177cf90343713010a6c0401de6bfb61f2eeb769bd0005f"
+V1_ARRAYS_SHA256 = "5dfe6e2521437b887ceaec9d0a93e11a36a22a5ed0e12bb50d228cfe1e42b50b"
+V1_SLICE_SUMS = [[2695467, 2722756, 2765527], [3399749, 3496527, 3477420], [3366459, 3441830, 3515635]]
+V1_MASKED_PIXELS = [21489, 4856, 1654]
+
+
+def test_version_1_is_unchanged(cohort):
+    assert hashlib.sha256((cohort / "metadata.csv").read_bytes()).hexdigest() == V1_METADATA_SHA256
+    record = json.loads((cohort / "cohort.json").read_text())
+    assert (record["cohort_version"], record["site"]) == ("1", "A") and "acquisition" not in record
+    digest, sums, masked = hashlib.sha256(), [], []
+    for subject in synthetic.draw_subjects(TINY, seed=3)[:3]:
+        images, masks = synthetic.render_subject(subject, 3, 3)
+        digest.update(images.tobytes())
+        digest.update(masks.tobytes())
+        sums.append(images.reshape(3, -1).sum(axis=1).tolist())
+        masked.append(int((masks > 0).sum()))
+    if digest.hexdigest() != V1_ARRAYS_SHA256:
+        # Byte-identical here; another CPU or BLAS may round a float differently and move a grey level or two.
+        np.testing.assert_allclose(sums, V1_SLICE_SUMS, rtol=2e-4)
+        np.testing.assert_allclose(masked, V1_MASKED_PIXELS, rtol=2e-3)
+
+
 def test_parse_synthetic_name_reads_subject_and_slice():
     assert synthetic.parse_synthetic_name("SYN0001_slice07.jpg") == ("SYN0001", 7)
     assert synthetic.parse_synthetic_name("/data/masks/MildDemented/SYN0140_slice31.png") == ("SYN0140", 31)
