@@ -11,9 +11,10 @@ slice skull-stripped. Each image gets a mask of where each atrophy component cha
 Cohort versions (docs/synthetic_cohort.md): "1" is the original model above, kept byte-identical per seed. In "2"
 each component has its own subject weight and noise, the ventricles and cortex carry a weaker stage effect than
 the medial temporal lobe (whose temporal horns also widen, asymmetrically), head pose varies more, and labels near
-a stage boundary are flipped to the neighbouring stage at a stated rate. Version 2 can be rendered as site "A" or
-site "B": another scanner (contrast curve, bias field, noise, resolution, slice thickness, intensity scale) with
-its own subjects and nothing class-related changed.
+a stage boundary are flipped to the neighbouring stage at a stated rate; its masks mark only the class-relevant
+change (what the stage adds to the subject's age-only atrophy). Version 2 can be rendered as site "A" or site
+"B": another scanner (contrast curve, bias field, noise, resolution, slice thickness, intensity scale) with its
+own subjects and nothing class-related changed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -553,11 +554,14 @@ def _render_subject_v2(subject: Subject, slices: int, seed: int) -> tuple[np.nda
                                         + csf_level * csf)
     csf_value = 0.5 * 0.22 + 0.5 * csf_level
     # Template x < 0 is the left hemisphere.
-    converted = _atrophy_v2(subject, channel, 0.5 + 0.5 * fields[:3, pixels], np.sign(points[0, pixels]))
+    patches, hemisphere = 0.5 + 0.5 * fields[:3, pixels], np.sign(points[0, pixels])
+    converted = _atrophy_v2(subject, channel, patches, hemisphere)
+    # Masks mark the class-relevant change: what the stage part adds to the age-only atrophy of the same subject.
+    ageing = _atrophy_v2(replace(subject, severity={name: 0.0 for name in MASK_BITS}), channel, patches, hemisphere)
     fraction = np.maximum.reduce(list(converted.values()))
     # Everything is rendered on every plane of the slab, then averaged through the slice's thickness.
     layers = [base * (1 - fraction) + csf_value * fraction, channel["brain"]]
-    layers += [amount * (base - csf_value) for amount in converted.values()]
+    layers += [(converted[name] - ageing[name]) * (base - csf_value) for name in MASK_BITS]
     shape = (slices, len(planes), IMAGE_HEIGHT * IMAGE_WIDTH)
     full = np.zeros((len(layers), points.shape[1]), dtype=np.float32)
     full[:, pixels] = np.stack(layers)
@@ -682,6 +686,8 @@ def _cohort_record(profile: config.Profile, seed: int, frame: pd.DataFrame, vers
     if version != "1":
         subjects = frame.drop_duplicates("subject_id")
         record["acquisition"] = asdict(ACQUISITIONS[site])
+        record["mask_meaning"] = ("class-relevant change: pixels the stage part of each component's severity "
+                                  "changed beyond the same subject's age-only atrophy")
         record["label_noise"] = {"subjects": int(subjects.label_noise.sum()),
                                  "rate": float(subjects.label_noise.mean()), "band": LABEL_NOISE_BAND,
                                  "probability_near_boundary": LABEL_NOISE_PROBABILITY,

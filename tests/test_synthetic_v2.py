@@ -113,13 +113,16 @@ def test_same_subject_at_site_b_differs_in_acquisition_not_in_its_atrophy():
     assert (site_b.brightness < site_a.brightness).all()
 
 
-def test_version_2_masks_mark_where_the_atrophy_changed_the_image():
-    severe = synthetic.Subject(5, "ModerateDemented", {name: 1.0 for name in COMPONENTS}, 0.3, version="2")
-    healthy = synthetic.Subject(5, "NonDemented", {name: 0.0 for name in COMPONENTS}, 0.0, version="2")
+def test_version_2_masks_mark_the_change_the_stage_adds_to_ageing():
+    severe = synthetic.Subject(5, "ModerateDemented", {name: 1.0 for name in COMPONENTS}, 0.5, version="2")
+    aged = synthetic.Subject(5, "NonDemented", {name: 0.0 for name in COMPONENTS}, 0.5, version="2")
+    young = synthetic.Subject(5, "NonDemented", {name: 0.0 for name in COMPONENTS}, 0.0, version="2")
     images, masks = synthetic.render_subject(severe, slices=3, seed=11)
-    untouched, no_masks = synthetic.render_subject(healthy, slices=3, seed=11)
+    untouched, no_masks = synthetic.render_subject(aged, slices=3, seed=11)  # same anatomy, pose and noise
+    younger, _ = synthetic.render_subject(young, slices=3, seed=11)
     assert images.shape == masks.shape == (3, 208, 176)
-    assert not no_masks.any()
+    assert not no_masks.any()  # age is common to all classes: not class-relevant
+    assert np.abs(untouched.astype(int) - younger.astype(int)).sum() > 0
     for bit in synthetic.MASK_BITS.values():
         assert ((masks & bit) > 0).sum() > 50
     change = np.abs(images.astype(int) - untouched.astype(int))
@@ -130,6 +133,7 @@ def test_version_2_masks_mark_where_the_atrophy_changed_the_image():
 def test_version_2_cohort_records_labels_true_stages_and_site(cohort):
     record = json.loads((cohort / "cohort.json").read_text())
     assert (record["cohort_version"], record["site"], record["acquisition"]["site"]) == ("2", "A", "A")
+    assert "class-relevant" in record["mask_meaning"]
     assert record["true_stage_subjects"] == SMALL.cohort_subjects
     frame = pd.read_csv(cohort / "metadata.csv")
     assert list(frame.columns) == list(synthetic.METADATA_COLUMNS_V2)
