@@ -369,9 +369,9 @@ def draw_subjects(profile: config.Profile, seed: int, version: str = DEFAULT_COH
 
 def _draw_subjects_v2(stages: list[str], seed: int, site: str) -> list[Subject]:
     """Return version-2 subjects of the given stages (shuffled over ids), from the site's own random stream."""
-    offset = SITE_NUMBER_OFFSET[site]
-    if len(stages) > min(value for value in SITE_NUMBER_OFFSET.values() if value > 0):
-        raise ValueError(f"A version-2 cohort holds at most 5000 subjects per site, got {len(stages)}")
+    offset, limit = SITE_NUMBER_OFFSET[site], min(value for value in SITE_NUMBER_OFFSET.values() if value > 0)
+    if len(stages) > limit:  # more would give a site-A subject a site-B id
+        raise ValueError(f"A version-2 cohort holds at most {limit} subjects per site, got {len(stages)}")
     order = np.random.default_rng([seed, SITE_STREAM[site], 0]).permutation(len(stages))
     return [_draw_subject_v2(np.random.default_rng([seed, SITE_STREAM[site], number, 1]), offset + number,
                              stages[position], site) for number, position in enumerate(order, start=1)]
