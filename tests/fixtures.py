@@ -414,3 +414,24 @@ def write_volume_files(folder: str | Path) -> dict[str, str]:
     (folder / "IM0001").write_bytes(dicom)  # scanner exports often give DICOM files no extension
     return {"sub-01_T1w.nii.gz": ".nii.gz", "brain.nii": ".nii", "aseg.mgz": ".mgz", "scan.hdr": ".hdr",
             "scan.img": ".img", "slice.dcm": ".dcm", "IM0001": "DICOM"}
+
+
+def train_tiny_cnn(images: np.ndarray, labels: np.ndarray, name: str, epochs: int = 6):
+    """Return (model, last training accuracy): a tiny two-class CNN, its convolutions nested as a sub-model
+    `backbone` (conv_a, pool, conv_b), trained in seconds on uint8 `images` (N x S x S); the Grad-CAM tests plant
+    what it must find."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    size = images.shape[1]
+    inner_input = keras.Input((size, size, 1))
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inner_input)
+    features = keras.layers.MaxPooling2D(2, name="pool")(features)
+    features = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_b")(features)
+    backbone = keras.Model(inner_input, features, name="backbone")
+    inputs = keras.Input((size, size, 1))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(keras.layers.Rescaling(1 / 255)(inputs)))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="predictions")(pooled), name=name)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(images[..., None].astype("float32"), labels, epochs=epochs, batch_size=32, verbose=0)
+    return model, history.history["accuracy"][-1]

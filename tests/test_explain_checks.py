@@ -10,6 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from alzlib import config, explain
+from fixtures import train_tiny_cnn
 
 SIZE, SIDE = 32, 6
 
@@ -37,22 +38,9 @@ def _planted(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def planted_model():
     """A tiny CNN (convolutions nested as a sub-model) trained in seconds to tell the checkerboard from flat grey."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inner_input = keras.Input((SIZE, SIZE, 1))
-    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inner_input)
-    features = keras.layers.MaxPooling2D(2, name="pool")(features)
-    features = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_b")(features)
-    backbone = keras.Model(inner_input, features, name="backbone")
-    inputs = keras.Input((SIZE, SIZE, 1))
-    pooled = keras.layers.GlobalAveragePooling2D()(backbone(keras.layers.Rescaling(1 / 255)(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="predictions")(pooled),
-                        name="planted")
-    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
     images, labels = _planted(600, seed=1)
-    history = model.fit(images[..., None].astype("float32"), labels, epochs=6, batch_size=32, verbose=0)
-    assert history.history["accuracy"][-1] > 0.95
+    model, accuracy = train_tiny_cnn(images, labels, "planted")
+    assert accuracy > 0.95
     return model
 
 
