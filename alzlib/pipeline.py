@@ -254,16 +254,20 @@ def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
 
 
 def comparison_headline(settings: config.Settings) -> tuple[str, list[str]]:
-    """Return notebook 11's headline: the subject-level paired differences the data support (cross-validated first)."""
+    """Return notebook 11's headline: the subject-level paired differences the data support, cross-validated (where
+    the run has folds) and on the single split."""
     record = read_json(settings.paths.comparison / "comparison.json")
     warnings = [f"{entry['model']} not compared" for entry in record.get("skipped", [])]
+    parts = []
     for key, label in (("paired_differences_crossval", "cross-validated"), ("paired_differences", "single split")):
         rows = [row for row in (record.get(key) or {}).get("rows") or [] if row.get("level") == "subject"]
         if rows:
             supported = [row["sentence"] for row in rows if row.get("supported")]
             news = "; ".join(supported) if supported else "no difference supported by the data"
-            return f"{len(rows)} model pairs ({label}, subject level): {news}", warnings
-    return "no paired differences", [*warnings, "comparison.json has no paired differences with rows"]
+            parts.append(f"{label}, {len(rows)} model pair{'s' if len(rows) > 1 else ''}: {news}")
+    if not parts:
+        return "no paired differences", [*warnings, "comparison.json has no paired differences with rows"]
+    return "subject level: " + " | ".join(parts), warnings
 
 
 def robustness_headline(settings: config.Settings) -> tuple[str, list[str]]:
