@@ -381,8 +381,9 @@ TRAINING_NUMBERS = ("05", "06", "07", "08")
 # images x 4 models (10), models (11), robustness images x 4 models, every corruption and severity (12).
 TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
 NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (9.0, 0.075), "07": (9.0, 0.0521), "08": (9.0, 0.0363),
-                  "09": (16.5, 0.0094), "10": (0.0, 1.38), "11": (20.0, 0.875), "12": (34.0, 0.215), "13": (8.4, 0.0)}
-# Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s).
+                  "09": (16.5, 0.0094), "10": (0.0, 2.15), "11": (20.0, 0.875), "12": (34.0, 0.215), "13": (8.4, 0.0)}
+# Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s); 10's
+# was refitted on the run after Grad-CAM gained its nulls and cascade (51.5 s for 6 images x 4 models).
 # Machines of one kind differ by up to 2x between sessions, so every estimate is scaled by a speed probe measured
 # just before it (SPEED_PROBE: the baseline CNN's train step at 64 px, batch 16) against the probe on that machine.
 SPEED_REFERENCE_SECONDS = 0.061  # measured idle on that machine: 0.059-0.062 s per step
