@@ -576,11 +576,13 @@ def _baseline_verdicts(frame: pd.DataFrame) -> list[str]:
         deep, sign = (row.model_b, -1) if row.model_a == linear.NAME else (row.model_a, 1)
         difference, low, high = (sign * value for value in (row.difference, row.low, row.high))
         low, high = min(low, high), max(low, high)
-        beats = bool(row.supported) and difference > 0
-        sentences.append(f"{deep} {'beats' if beats else 'does NOT beat'} {linear.NAME} at {row.level} level: "
-                         f"difference {difference:+.3f} [{low:+.3f}, {high:+.3f}]"
-                         + ("" if beats else " — not more than its interval, so the data do not show that the CNN "
-                                             "learned more than a linear model on pixels"))
+        verdict, reading = (("beats", "") if row.supported and difference > 0 else
+                            ("is WORSE than", " — the data support that the linear model on pixels does better")
+                            if row.supported else
+                            ("does NOT beat", " — not more than its interval, so the data do not show that the CNN "
+                                              "learned more than a linear model on pixels"))
+        sentences.append(f"{deep} {verdict} {linear.NAME} at {row.level} level: difference {difference:+.3f} "
+                         f"[{low:+.3f}, {high:+.3f}]{reading}")
     return sentences
 
 

@@ -26,6 +26,9 @@ def write_statistics_outputs(root):
         {"model_a": "linear_pixels", "model_b": "resnet50", "level": "subject", "subjects": 180,
          "difference": 0.02, "low": -0.08, "high": 0.12, "p_value_holm": 1.0, "supported": False,
          "sentence": "linear_pixels vs resnet50: +0.02 [-0.08, 0.12], not supported"},
+        {"model_a": "efficientnetb0", "model_b": "linear_pixels", "level": "subject", "subjects": 180,
+         "difference": -0.2, "low": -0.3, "high": -0.1, "p_value_holm": 0.01, "supported": True,
+         "sentence": "efficientnetb0 vs linear_pixels: -0.20 [-0.30, -0.10], supported"},
     ]).to_csv(root / "comparison" / "paired_differences_crossval.csv", index=False)
 
 
@@ -39,6 +42,7 @@ def test_statistics_section_says_what_was_cross_validated_and_which_cnn_beats_th
     assert "baseline_cnn beats linear_pixels at subject level: difference +0.100 [+0.040, +0.160]" in section
     # Model B against the baseline: the sign is turned so the sentence reads from the deep model's side.
     assert "resnet50 does NOT beat linear_pixels at subject level: difference -0.020 [-0.120, +0.080]" in section
+    assert "efficientnetb0 is WORSE than linear_pixels at subject level: difference -0.200 [-0.300, -0.100]" in section
     assert "cross-validated: pooled out-of-fold predictions" in section
 
 
