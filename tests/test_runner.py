@@ -293,23 +293,29 @@ def test_ctrl_c_interrupts_the_running_cell_and_stops_the_notebook(notebook_dir,
     import threading
     import time
 
-    started = tmp_path / "started"
-    write_notebook(notebook_dir / "01_first.ipynb", f"open({str(started)!r}, 'w').write('x')\nimport time\n"
-                                                    "time.sleep(120)")
+    # As in a terminal: a shell starts background jobs (`pytest &`) with SIGINT ignored, and the runner leaves an
+    # ignored SIGINT alone, so this test sets Python's default handler whatever launched it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        started = tmp_path / "started"
+        write_notebook(notebook_dir / "01_first.ipynb", f"open({str(started)!r}, 'w').write('x')\nimport time\n"
+                                                        "time.sleep(120)")
 
-    def press_ctrl_c_once_the_cell_runs():
-        while not started.exists():
-            time.sleep(0.1)
-        runner.os.kill(runner.os.getpid(), signal.SIGINT)
+        def press_ctrl_c_once_the_cell_runs():
+            while not started.exists():
+                time.sleep(0.1)
+            runner.os.kill(runner.os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=press_ctrl_c_once_the_cell_runs, daemon=True).start()
-    paths = config.OutputPaths(tmp_path / "out")
-    began = time.monotonic()
-    with pytest.raises(runner.NotebookInterrupted, match="01_first"):
-        runner.execute_notebook(runner.discover_notebooks(notebook_dir)[0], paths, parameters(), kernel=None)
-    assert time.monotonic() - began < 60, "the sleeping cell was interrupted, not waited for"
-    assert "KeyboardInterrupt" in (paths.notebooks / "01_first.ipynb").read_text()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C handling restored afterwards"
+        threading.Thread(target=press_ctrl_c_once_the_cell_runs, daemon=True).start()
+        paths = config.OutputPaths(tmp_path / "out")
+        began = time.monotonic()
+        with pytest.raises(runner.NotebookInterrupted, match="01_first"):
+            runner.execute_notebook(runner.discover_notebooks(notebook_dir)[0], paths, parameters(), kernel=None)
+        assert time.monotonic() - began < 60, "the sleeping cell was interrupted, not waited for"
+        assert "KeyboardInterrupt" in (paths.notebooks / "01_first.ipynb").read_text()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C handling restored afterwards"
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_between_cells_stops_before_the_next_one(tmp_path):
