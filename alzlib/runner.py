@@ -380,17 +380,22 @@ TRAINING_NUMBERS = ("05", "06", "07", "08")
 # at 20. Units: training images x epochs (05-08), evaluated images (val + test) x 5 models (09), Grad-CAM
 # images x 4 models (10), models (11), robustness images x 4 models, every corruption and severity (12).
 TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
-NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (9.0, 0.075), "07": (9.0, 0.0521), "08": (9.0, 0.0363),
+NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (73.0, 0.033), "07": (29.0, 0.040), "08": (41.0, 0.021),
                   "09": (16.5, 0.0094), "10": (0.0, 2.15), "11": (20.0, 0.875), "12": (34.0, 0.215), "13": (8.4, 0.0)}
 # Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s); 10's
-# was refitted on the run after Grad-CAM gained its nulls and cascade (51.5 s for 6 images x 4 models).
+# was refitted on the run after Grad-CAM gained its nulls and cascade (51.5 s for 6 images x 4 models). 06-08 were
+# refitted as lines through that run (about 2,000 units) and two Kaggle-size runs (6,000 units: 1,500 thinned
+# training images x 4 epochs; 06 272 s, 07 270 s, 08 167 s on average, machine shared): the line through the smoke
+# run put too much on each image and overestimated the Kaggle-size transfer models 1.7x.
 # Machines of one kind differ by up to 2x between sessions, so every estimate is scaled by a speed probe measured
 # just before it (SPEED_PROBE: the baseline CNN's train step at 64 px, batch 16) against the probe on that machine.
 SPEED_REFERENCE_SECONDS = 0.061  # measured idle on that machine: 0.059-0.062 s per step
 SPEED_FACTOR_BOUNDS = (0.25, 4.0)
-# Each leakage-control model (notebook 05): 5 s to build, trace and score, then its epochs of its training images at
-# the control's 32 px (records of the cpu run: 49-58 s for 60 epochs of 504 images, no augmentation).
-CONTROL_MODEL_COST = (5.0, 0.00165)
+# Each leakage-control model (notebook 05): 5 s to build, trace and score, then per epoch a fixed 0.67 s (validation,
+# batch-norm re-estimation, callbacks) and 0.00032 s per training image at the control's 32 px: a line through the
+# cpu run's records (49-58 s for 60 epochs of 504 images) and a Kaggle-size run's (about 78 s for 60 epochs of
+# 1,704); a cost per image alone overestimated the Kaggle-size controls 2x.
+CONTROL_MODEL_COST = (5.0, 0.67, 0.00032)
 CONTROL_REFERENCE_SIZE = 32
 REFERENCE_CORES = 2
 REFERENCE_IMAGE_SIZE = 64
@@ -432,9 +437,9 @@ def _fold_seconds(number: str, profile: config.Profile, images: int, folds: int)
 
 def _control_seconds(profile: config.Profile, control_models: int, control_train_images: int) -> float:
     """Return the seconds the leakage-control models of notebook 05 train for."""
-    fixed, per_image = CONTROL_MODEL_COST
+    fixed, per_epoch, per_image = CONTROL_MODEL_COST
     pixels = (profile.control_image_size / CONTROL_REFERENCE_SIZE) ** 2  # the controls train at their own size
-    return control_models * (fixed + profile.control_epochs * control_train_images * per_image * pixels)
+    return control_models * (fixed + profile.control_epochs * (per_epoch + control_train_images * per_image) * pixels)
 
 
 def _core_range(seconds: float, cpu_count: int) -> tuple[float, float]:

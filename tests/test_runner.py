@@ -390,7 +390,7 @@ def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
     assert 0.85 * 866 < estimate["seconds"] < 1.15 * 866 and estimate["speed_factor"] == 1.0
     assert estimate["low_seconds"] < estimate["seconds"] < estimate["high_seconds"]
     assert list(estimate["notebooks"]) == numbers and estimate["control_models"] == 4
-    assert estimate["line"].startswith("estimated 12 min to 19 min for 05-13 on this machine (2 cores, CPU): "
+    assert estimate["line"].startswith("estimated 11 min to 19 min for 05-13 on this machine (2 cores, CPU): "
                                        "720 images (504 train) x 4 epochs per model at 64 px, 4 control models x 60 "
                                        "epochs of 504; largest ")
     # The profile's 5 folds of the baselines add to 05 only, and the line names them.
@@ -403,9 +403,10 @@ def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
 def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
     profile = config.PROFILES["cpu"]
     base = runner.estimate_run(profile, 720, 504, ["06"])["seconds"]
-    assert runner.estimate_run(profile, 1440, 1008, ["06"])["seconds"] > 1.6 * base
-    assert runner.estimate_run(runner.replace(profile, epochs=8), 720, 504, ["06"])["seconds"] > 1.6 * base
-    assert runner.estimate_run(runner.replace(profile, image_size=128), 720, 504, ["06"])["seconds"] > 3 * base
+    # 06 has a fixed part (tracing, the first epoch, validation) of about a third of the default run's time.
+    assert runner.estimate_run(profile, 1440, 1008, ["06"])["seconds"] > 1.4 * base
+    assert runner.estimate_run(runner.replace(profile, epochs=8), 720, 504, ["06"])["seconds"] > 1.4 * base
+    assert runner.estimate_run(runner.replace(profile, image_size=128), 720, 504, ["06"])["seconds"] > 2 * base
     # The transfer models train on at most the profile's transfer_train_images (1,500 at cpu).
     kaggle = runner.estimate_run(profile, 6400, 4480, ["06"])["seconds"]
     assert kaggle == pytest.approx(runner.estimate_run(profile, 2143, 1500, ["06"])["seconds"], rel=1e-3)
