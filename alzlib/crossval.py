@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from alzlib import config, splits
+from alzlib import config, evaluation, splits
 from alzlib.storage import read_json, read_parquet, write_csv, write_json, write_parquet
 
 VALIDATION_FRACTION = 0.15  # of the training folds' subjects, per class, as the single split's 70/15/15
@@ -108,7 +108,7 @@ def _clear(settings: config.Settings, name: str) -> None:
 def _train_and_score(name: str, settings: config.Settings, frame: pd.DataFrame, images: np.ndarray,
                      class_names: list[str], data_label: str, fold: dict) -> dict:
     """Train `name` on one fold's train/val rows and write its val/test predictions and metrics; return the record."""
-    from alzlib import evaluation, linear, training
+    from alzlib import linear, training
 
     out_dir = settings.paths.evaluation / name
     scored = frame["split"].isin(["val", "test"]).to_numpy()
@@ -131,8 +131,6 @@ def run_model_folds(name: str, settings: config.Settings, manifest: pd.DataFrame
 
     Writes folds/<k>/... per fold and crossval/<name>/ (oof_predictions.parquet, metrics.json, run.json).
     """
-    from alzlib import evaluation
-
     if len(images) != len(manifest):
         raise ValueError(f"{len(images)} images for {len(manifest)} manifest rows: they must align row by row.")
     folds = settings.folds
@@ -175,12 +173,10 @@ def run_model_folds(name: str, settings: config.Settings, manifest: pd.DataFrame
 
 def _fold_rows(settings: config.Settings, name: str, folds: int) -> list[dict]:
     """Return one row per fold and level with the test metrics of `name` (estimates only)."""
-    from alzlib.evaluation import summary_rows
-
     rows = []
     for fold in range(1, folds + 1):
         path = settings.paths.folds / str(fold) / "evaluation" / name / "metrics.json"
-        for row in summary_rows(read_json(path), "test"):
+        for row in evaluation.summary_rows(read_json(path), "test"):
             rows.append({"model": name, "fold": fold, "level": row["level"], "images": row["images"],
                          "subjects": row["subjects"], **{metric: row.get(metric) for metric in SUMMARY_METRICS
                                                           if metric in row}})
@@ -189,9 +185,7 @@ def _fold_rows(settings: config.Settings, name: str, folds: int) -> list[dict]:
 
 def _pooled_rows(settings: config.Settings, name: str) -> list[dict]:
     """Return the pooled out-of-fold test rows (one per level) of `name`, with their intervals."""
-    from alzlib.evaluation import summary_rows
-
-    return summary_rows(read_json(settings.paths.crossval / name / "metrics.json"), "test")
+    return evaluation.summary_rows(read_json(settings.paths.crossval / name / "metrics.json"), "test")
 
 
 def summarise(settings: config.Settings, manifest: pd.DataFrame) -> dict:
@@ -239,9 +233,7 @@ def summarise(settings: config.Settings, manifest: pd.DataFrame) -> dict:
         write_csv(settings.paths.crossval / "fold_metrics.csv", pd.DataFrame(fold_rows))
         write_csv(settings.paths.crossval / "summary.csv", pd.DataFrame(summary_rows))
     record["rows"] = summary_rows
-    from alzlib.evaluation import strict_json
-
-    write_json(settings.paths.crossval / "summary.json", strict_json(record))
+    write_json(settings.paths.crossval / "summary.json", evaluation.strict_json(record))
     return record
 
 
