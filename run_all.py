@@ -6,11 +6,14 @@
     python run_all.py --data /path/to/Alzheimer_s\\ Dataset --profile full
     python run_all.py --only 09,10         # re-run some notebooks; --from 05 runs 05 to the end
     python run_all.py --folds 1            # the single split only, no cross-validation
+    python run_all.py --data /data/kaggle --external-data /data/oasis   # train on one set, also test on another
+    python run_all.py --cohort-version 1   # the earlier synthetic cohort (no second site), for comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +41,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=None,
                         help="subject-level cross-validation folds for the profile's fold models (default: the "
                              "profile's, 5 at cpu and full); 1: the single split only")
+    parser.add_argument("--external-data", type=Path, default=None,
+                        help="a second data set (its root, any layout --data takes) on which notebook 09 also tests "
+                             "every model and reports the drop from the run's own test split; copies of the training "
+                             "data are left out (default: the synthetic cohort's site B where the data are synthetic)")
+    parser.add_argument("--cohort-version", choices=config.COHORT_VERSIONS, default=None,
+                        help="version of the embedded synthetic cohort (default 2: focal evidence and a second site; "
+                             "1: the earlier cohort); sets ALZ_COHORT_VERSION for every notebook")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
@@ -51,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks; return the exit code."""
     arguments = parse_arguments(argv)
     environment.quiet_tensorflow()  # before the GPU check imports TensorFlow
-    if arguments.data and not arguments.data.is_dir():
-        print(f"error: --data {arguments.data} is not a folder: expected the root of a data set (see README, "
-              f"'Your own data').", file=sys.stderr)
-        return 2
+    for option, folder in (("--data", arguments.data), ("--external-data", arguments.external_data)):
+        if folder and not folder.is_dir():
+            print(f"error: {option} {folder} is not a folder: expected the root of a data set (see README, "
+                  f"'Your own data').", file=sys.stderr)
+            return 2
+    if arguments.cohort_version:
+        os.environ["ALZ_COHORT_VERSION"] = arguments.cohort_version  # read by config.get_profile here and in kernels
     try:
         profile = config.get_profile(arguments.profile)
     except ValueError as error:
@@ -62,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
+    external = str(arguments.external_data) if arguments.external_data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
                   "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic,
-                  "FOLDS": arguments.folds}
+                  "FOLDS": arguments.folds, "EXTERNAL_DATA": external}
     try:
         settings = config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
-                                        arguments.weights, arguments.deterministic, arguments.folds)
+                                        arguments.weights, arguments.deterministic, arguments.folds, external)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0
 BASELINE_MODEL_NAMES = ("linear_pixels",)
 CONTROL_MODEL_NAME = "baseline_cnn_random_labels"
 DEFAULT_SEED = 42
+COHORT_VERSIONS = ("1", "2")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Profile:
     folds: int = 5
     fold_models: tuple[str, ...] = ("linear_pixels", "baseline_cnn")
     fold_train_images: int | None = None
+    # The embedded synthetic cohort's version (alzlib.synthetic; ALZ_COHORT_VERSION overrides): "2" puts the class
+    # evidence in the medial temporal lobe and comes with a second site (site B) for external validation; "1" is the
+    # earlier cohort, kept reproducible by name.
+    cohort_version: str = "2"
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -153,11 +158,15 @@ def default_profile_name() -> str:
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """Return the profile called `name` (None: ALZ_PROFILE or the hardware default)."""
+    """Return the profile called `name` (None: ALZ_PROFILE or the hardware default), with ALZ_COHORT_VERSION's
+    cohort version where that is set."""
     name = name or default_profile_name()
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}: expected one of {', '.join(PROFILES)}.")
-    return PROFILES[name]
+    version = os.environ.get("ALZ_COHORT_VERSION")
+    if version and version not in COHORT_VERSIONS:
+        raise ValueError(f"ALZ_COHORT_VERSION must be one of {', '.join(COHORT_VERSIONS)}, got {version!r}.")
+    return replace(PROFILES[name], cohort_version=version) if version else PROFILES[name]
 
 
 def outputs_root() -> Path:
@@ -166,9 +175,17 @@ def outputs_root() -> Path:
 
 
 def default_data_dir(profile: Profile) -> Path:
-    """Return where the synthetic cohort of `profile` lives (ALZ_DATA_DIR overrides)."""
+    """Return where the synthetic cohort of `profile` lives (ALZ_DATA_DIR overrides); version 1 in `<name>-v1`."""
     override = os.environ.get("ALZ_DATA_DIR")
-    return Path(override) if override else DATA_DIR / "synthetic" / profile.name
+    if override:
+        return Path(override)
+    return DATA_DIR / "synthetic" / (profile.name if profile.cohort_version == "2" else f"{profile.name}-v1")
+
+
+def site_b_data_dir(profile: Profile) -> Path:
+    """Return where the synthetic cohort's second site (site B, version 2 only) lives: beside site A's folder."""
+    site_a = default_data_dir(profile)
+    return site_a.with_name(f"{site_a.name}-site-B")
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,7 @@ class Settings:
     deterministic: bool
     paths: OutputPaths
     folds: int = 1
+    external_data: Path | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -286,6 +304,8 @@ class Settings:
             "weights": self.weights,
             "deterministic": self.deterministic,
             "folds": self.folds,
+            "external_data": str(self.external_data) if self.external_data else None,
+            "cohort_version": self.profile.cohort_version if self.synthetic else None,
             "synthetic": self.synthetic,
             "outputs": str(self.paths.root),
         }
@@ -300,6 +320,7 @@ def load_settings(
     weights: str | None = None,
     deterministic: bool = False,
     folds: int | None = None,
+    external_data: str | os.PathLike | None = None,
 ) -> Settings:
     """Check the notebook parameters and resolve defaults; raise ValueError naming a bad one."""
     resolved = get_profile(profile)
@@ -316,6 +337,9 @@ def load_settings(
     if weights is not None and weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise ValueError(f"WEIGHTS must be 'imagenet', 'none' or the path of a weights file; {weights!r} is none "
                          f"of these.")
+    if external_data is not None and not Path(external_data).expanduser().is_dir():
+        raise ValueError(f"EXTERNAL_DATA must be None or the root folder of a data set to test on, got "
+                         f"{str(external_data)!r}, which is not a folder.")
     if epochs is not None:
         resolved = replace(resolved, epochs=epochs, warmup_epochs=min(resolved.warmup_epochs, epochs))
     return Settings(
@@ -328,4 +352,5 @@ def load_settings(
         deterministic=deterministic,
         paths=output_paths(resolved),
         folds=resolved.folds if folds is None else folds,
+        external_data=Path(external_data).expanduser() if external_data else None,
     )

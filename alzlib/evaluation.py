@@ -473,16 +473,26 @@ def bootstrap_intervals(y_true, probabilities, subject_ids, metrics: Sequence[st
         raise ValueError(f"Unknown metric(s) {sorted(unknown)}: expected names from {BOOTSTRAP_METRICS} or a callable.")
     if n < 1 or not 0 < confidence < 1:
         raise ValueError(f"Need n >= 1 resamples and 0 < confidence < 1; got n={n}, confidence={confidence}.")
+    estimates, values, num_subjects = bootstrap_values(labels, scores, subject_ids, metrics, n, seed)
+    intervals = {name: percentile_interval(values[name], estimates[name], confidence) for name in metrics}
+    for entry in intervals.values():
+        entry["subjects"] = num_subjects
+    return intervals
+
+
+def bootstrap_values(y_true, probabilities, subject_ids, metrics: Sequence[str] = ("balanced_accuracy",),
+                     n: int = BOOTSTRAP_RESAMPLES, seed: int = config.DEFAULT_SEED
+                     ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
+    """Return (point estimates, the n resampled values per metric, subject count) of a class-stratified subject
+    bootstrap: the replicates themselves, for differences between two independent samples (alzlib.external)."""
+    labels, scores = _check_labels_and_probabilities(y_true, probabilities)
     codes, counts, num_subjects = _bootstrap_counts(labels, subject_ids, n, seed)
     estimates = _weighted_metrics(labels, scores, np.ones((1, len(labels))), metrics)
     chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // len(labels))
     parts = [_weighted_metrics(labels, scores, counts[start:start + chunk][:, codes].astype(np.float64), metrics)
              for start in range(0, n, chunk)]
-    intervals = {name: percentile_interval(np.concatenate([part[name] for part in parts]), estimates[name][0],
-                                           confidence) for name in metrics}
-    for entry in intervals.values():
-        entry["subjects"] = num_subjects
-    return intervals
+    values = {name: np.concatenate([part[name] for part in parts]) for name in metrics}
+    return {name: float(estimates[name][0]) for name in metrics}, values, num_subjects
 
 
 def subject_bootstrap(y_true, probabilities, subject_ids, metric: str | Callable = "balanced_accuracy",

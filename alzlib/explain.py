@@ -680,6 +680,7 @@ class LocalisationSample:
     rows: pd.DataFrame  # path, subject_id, label_index of each image
     masks: np.ndarray  # uint8 bit-flag masks in the images' geometry, N x H x W
     class_priors: np.ndarray  # classes x H x W: each class's mean training mask
+    class_priors_by_component: dict[str, np.ndarray] | None = None  # the same, per mask component
 
 
 def localisation_sample(manifest: pd.DataFrame, images: np.ndarray, num_classes: int, seed: int = config.DEFAULT_SEED,
@@ -703,23 +704,30 @@ def localisation_sample(manifest: pd.DataFrame, images: np.ndarray, num_classes:
     test = stratified_sample(test.sort_index(), limit, seed, by="label_index")
     train = stratified_sample(train, prior_limit, seed, by="label_index")
     size = int(images.shape[1])
-    priors = class_mask_priors(load_masks(train["mask_path"].tolist(), size), train["label_index"], num_classes)
+    train_masks = load_masks(train["mask_path"].tolist(), size)
+    priors = class_mask_priors(train_masks, train["label_index"], num_classes)
+    by_component = {name: class_mask_priors(train_masks & bit, train["label_index"], num_classes)
+                    for name, bit in MASK_COMPONENTS.items()}
     return LocalisationSample(images=images[test.index.to_numpy()],
                               rows=test[["path", "subject_id", "label_index"]].reset_index(drop=True),
-                              masks=load_masks(test["mask_path"].tolist(), size), class_priors=priors)
+                              masks=load_masks(test["mask_path"].tolist(), size), class_priors=priors,
+                              class_priors_by_component=by_component)
 
 
 def localisation_table(maps: dict[str, np.ndarray], masks: np.ndarray, images: np.ndarray,
-                       threshold: int = BRAIN_THRESHOLD) -> pd.DataFrame:
-    """Return one row per image with the AUROC of each named map stack against the atrophy mask ('any')."""
+                       threshold: int = BRAIN_THRESHOLD, component: str = "any") -> pd.DataFrame:
+    """Return one row per image with the AUROC of each named map stack against the atrophy mask's `component`
+    ('any' or one of MASK_COMPONENTS)."""
+    if component not in ("any", *MASK_COMPONENTS):
+        raise ValueError(f"component must be 'any' or one of {list(MASK_COMPONENTS)}, got {component!r}.")
     if any(len(stack) != len(masks) for stack in maps.values()) or len(images) != len(masks):
         raise ValueError(f"Map stacks {[len(stack) for stack in maps.values()]}, {len(masks)} masks and "
                          f"{len(images)} images must align.")
     rows = []
     for index, (mask, image) in enumerate(zip(masks, images)):
         brain = brain_mask(image, threshold)
-        rows.append({f"auroc_{name}": localisation_auroc(stack[index], np.asarray(mask) > 0, brain)
-                     for name, stack in maps.items()})
+        region = component_regions(mask)[component]
+        rows.append({f"auroc_{name}": localisation_auroc(stack[index], region, brain) for name, stack in maps.items()})
     return pd.DataFrame(rows, columns=[f"auroc_{name}" for name in maps])
 
 
@@ -937,6 +945,16 @@ def localisation_check(explainer: GradCam, random_explainer: GradCam, sample: Lo
     record = {"rule": LOCALISATION_RULE, "explained_class": "true", "images": len(table),
               "subjects": int(table["subject_id"].nunique()), "per_class": summary.to_dict("records"),
               "energy_ratio": _energy_ratio_summary(table, class_names)}
+    # The focal evidence on its own (cohort version 2 puts most of the class in the medial temporal lobe): does the
+    # map look there, beyond where that class's medial temporal change tends to be?
+    focal = localisation_table({**maps, "prior": sample.class_priors_by_component["medial_temporal"][labels]}
+                               if sample.class_priors_by_component else maps, sample.masks, sample.images,
+                               component="medial_temporal")
+    if focal["auroc_trained"].notna().any():
+        focal = pd.concat([sample.rows.reset_index(drop=True), focal], axis=1)
+        record["medial_temporal"] = summarise_localisation(focal, class_names, seed=seed).to_dict("records")
+        for name in LOCALISATION_MAPS:
+            table[f"auroc_{name}_medial_temporal"] = focal[f"auroc_{name}"].to_numpy()
     return record, table
 
 
@@ -1046,6 +1064,11 @@ def _summary_row(name: str, record: dict) -> dict:
                    "verdict_vs_random", "difference_vs_prior", "difference_vs_prior_low", "difference_vs_prior_high",
                    "verdict_vs_prior"):
         row[f"localisation_{column}"] = overall.get(column)
+    focal = next((entry for entry in record["localisation"].get("medial_temporal", []) if entry["class"] == "all"),
+                 {})
+    for column in ("auroc_trained", "auroc_trained_low", "auroc_trained_high", "auroc_prior", "difference_vs_prior",
+                   "difference_vs_prior_low", "difference_vs_prior_high", "verdict_vs_prior"):
+        row[f"medial_temporal_{column}"] = focal.get(column)
     return row
 
 
@@ -1062,7 +1085,9 @@ def summarise_explanations(gradcam_dir: str | Path, model_names: Sequence[str] |
             continue
         record = read_json(path)
         rows.append(_summary_row(name, record))
-        localisation += [{"model": name, **entry} for entry in record["localisation"].get("per_class", [])]
+        localisation += [{"model": name, "region": region, **entry}
+                         for region, key in (("any", "per_class"), ("medial_temporal", "medial_temporal"))
+                         for entry in record["localisation"].get(key, [])]
         if (gradcam_dir / name / "cascading_randomisation.csv").is_file():
             cascades.append(pd.read_csv(gradcam_dir / name / "cascading_randomisation.csv").assign(model=name))
     if not rows:

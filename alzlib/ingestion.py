@@ -516,6 +516,27 @@ def near_duplicate_pairs(features: np.ndarray, threshold: float = NEAR_DUPLICATE
 
 
 
+def nearest_copies(features: np.ndarray, reference: np.ndarray, threshold: float = NEAR_DUPLICATE_CORRELATION,
+                   block: int = 512, coarse_threshold: float = COARSE_CANDIDATE_CORRELATION
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Return, per row of `features`, the `reference` row it nearly duplicates (-1: none) and their correlation.
+
+    The same unit-row test as `near_duplicate_pairs`, between two sets (an external test set against the training
+    data), with the same coarse pre-filter.
+    """
+    coarse, coarse_reference = coarse_features(features), coarse_features(reference)
+    match, correlation = np.full(len(features), -1), np.zeros(len(features))
+    for start in range(0, len(features), block):
+        rows, columns = np.nonzero(coarse[start:start + block] @ coarse_reference.T >= coarse_threshold)
+        rows = rows + start
+        values = np.einsum("ij,ij->i", features[rows], reference[columns])
+        keep = values >= threshold
+        order = np.argsort(values[keep])  # ascending: the closest copy of a row is written last and stays
+        match[rows[keep][order]] = columns[keep][order]
+        correlation[rows[keep][order]] = values[keep][order]
+    return match, correlation
+
+
 def duplicate_groups(frame: pd.DataFrame, features: np.ndarray) -> pd.Series:
     """Return a near-duplicate group id per row (exact copies and pixel copies together); None when unique."""
     firsts, seconds = near_duplicate_pairs(features)
@@ -595,7 +616,7 @@ def assign_similarity_subjects(frame: pd.DataFrame, thumbnails: np.ndarray) -> t
 # ------------------------------------------------------------------------------------------------ manifest
 
 
-def _manifest_frame(scan: DatasetScan) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def manifest_frame(scan: DatasetScan) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """Decode, hash, de-duplicate-group and subject-group the scanned files; return rows sorted by path."""
     files = scan.files.sort_values("path", kind="stable").reset_index(drop=True)
     frame, thumbnails, skipped, conversions = read_candidates(files)
@@ -683,7 +704,7 @@ def build_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
     # Taken before the scan: a file added while ingestion runs makes the manifest stale, never silently current.
     fingerprint = freshness.manifest_fingerprint(settings)
     scan = scan_dataset(settings.data_dir)
-    frame, features, extras = _manifest_frame(scan)
+    frame, features, extras = manifest_frame(scan)
     subject, shipped = choose_split(frame, settings.split, settings.seed)
     frame["subject_split"] = subject
     frame["split"] = {"subject": subject, "shipped": shipped,

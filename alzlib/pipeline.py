@@ -236,8 +236,27 @@ def evaluation_headline(settings: config.Settings) -> tuple[str, list[str]]:
     best = max(rows, key=lambda row: row["balanced_accuracy"])
     score = _interval(best["balanced_accuracy"], best["balanced_accuracy_low"], best["balanced_accuracy_high"])
     folds, fold_warnings = crossval_headline(settings)
-    return (f"best test balanced accuracy {best['model']} {score}; {folds}; {control_text}",
-            warnings + fold_warnings)
+    external_text, external_warnings = external_headline(settings)
+    return (f"best test balanced accuracy {best['model']} {score}; {folds}; {control_text}{external_text}",
+            warnings + fold_warnings + external_warnings)
+
+
+def external_headline(settings: config.Settings) -> tuple[str, list[str]]:
+    """Return '; <external set>: <model> drops 0.12 [...]' for the model best at site A (subject level), and
+    warnings (copies of the training data in the external set); ('', []) without an external test."""
+    record = _read_optional(settings.paths.root / "external" / "external.json")
+    rows = [row for row in record.get("rows", []) if row["level"] == "subject"]
+    if not rows:
+        return "", []
+    best = max(rows, key=lambda row: row["site_a"])
+    drop = _interval(best["drop"], best["drop_low"], best["drop_high"])
+    data = record["data"]
+    warnings = list(data.get("warnings", []))
+    if data.get("copies_left_out"):
+        warnings.append(f"{len(data['copies_left_out'])} external image(s) left out as copies of the training data "
+                        f"(external/external.json)")
+    return (f"; {record['source']['label']}: {best['model']} subject balanced accuracy {best['external']:.3f}, "
+            f"drop from site A {drop}", warnings)
 
 
 def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:

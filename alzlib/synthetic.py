@@ -806,9 +806,13 @@ def cohort_matches(data_dir: str | os.PathLike, profile: config.Profile, seed: i
 
 
 def ensure_cohort(profile: config.Profile, seed: int = config.DEFAULT_SEED,
-                  data_dir: str | os.PathLike | None = None, version: str = DEFAULT_COHORT_VERSION,
+                  data_dir: str | os.PathLike | None = None, version: str | None = None,
                   site: str = "A") -> Path:
-    """Return the cohort folder, generating it unless a matching complete cohort is already there."""
+    """Return the cohort folder, generating it unless a matching complete cohort is already there.
+
+    `version` None: the profile's `cohort_version` (what the pipeline's default run uses).
+    """
+    version = version or profile.cohort_version
     data_dir = Path(data_dir) if data_dir is not None else config.default_data_dir(profile)
     if cohort_matches(data_dir, profile, seed, version, site):
         return data_dir

@@ -256,3 +256,21 @@ def test_cascade_verdict_and_required_step():
     # The output layer, dense_128 and the target conv4 itself.
     assert explain.required_cascade_step(baseline, ["conv4"]) == 3
     assert [path[0] for path in explain.weighted_layer_paths(baseline)][-3:] == ["conv4", "dense_128", "predictions"]
+
+
+def test_localisation_table_scores_one_mask_component_on_its_own():
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    image = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 15 ** 2) * 120).astype(np.uint8)
+    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    mask[8:14, 8:14] = explain.MASK_COMPONENTS["ventricles"]
+    mask[18:24, 18:24] = explain.MASK_COMPONENTS["medial_temporal"]
+    on_ventricles = (mask == explain.MASK_COMPONENTS["ventricles"]).astype(float)[None]
+    on_focal = (mask == explain.MASK_COMPONENTS["medial_temporal"]).astype(float)[None]
+    maps = {"ventricles": on_ventricles, "focal": on_focal}
+    focal = explain.localisation_table(maps, mask[None], image[None], component="medial_temporal")
+    anywhere = explain.localisation_table(maps, mask[None], image[None])
+    # A map on the ventricles finds "any" atrophy half the time but never the medial temporal lobe, and vice versa.
+    assert focal.loc[0, "auroc_focal"] == pytest.approx(1.0) and focal.loc[0, "auroc_ventricles"] < 0.5
+    assert 0.5 < anywhere.loc[0, "auroc_ventricles"] < 1.0 and 0.5 < anywhere.loc[0, "auroc_focal"] < 1.0
+    with pytest.raises(ValueError, match="component must be"):
+        explain.localisation_table(maps, mask[None], image[None], component="hippocampus")

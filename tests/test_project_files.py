@@ -11,7 +11,8 @@ import yaml
 
 from alzlib import config
 
-PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC", "FOLDS"]
+PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC", "FOLDS",
+                   "EXTERNAL_DATA"]
 NOTEBOOKS = sorted(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 # Import names that differ from the distribution that provides them.
 DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml",
