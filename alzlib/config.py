@@ -54,6 +54,11 @@ class Profile:
     folds: int = 5
     fold_models: tuple[str, ...] = ("linear_pixels", "baseline_cnn")
     fold_train_images: int | None = None
+    # Per-model budgets where a model needs another than `epochs` (and the recipe's learning rate): at the cpu
+    # profile the baseline CNN trains longer and faster than the transfer models (issue 19, bench/cnn_budget.py).
+    # EPOCHS (run_all.py --epochs) overrides every model's epochs.
+    model_epochs: dict = field(default_factory=dict)
+    model_learning_rates: dict = field(default_factory=dict)
     # The embedded synthetic cohort's version (alzlib.synthetic; ALZ_COHORT_VERSION overrides): "2" puts the class
     # evidence in the medial temporal lobe and comes with a second site (site B) for external validation; "1" is the
     # earlier cohort, kept reproducible by name.
@@ -63,6 +68,10 @@ class Profile:
     def to_dict(self) -> dict:
         """Return the profile as a JSON-ready dict."""
         return asdict(self)
+
+    def epochs_for(self, model: str) -> int:
+        """Return the epoch budget of `model` under this profile."""
+        return int(self.model_epochs.get(model, self.epochs))
 
 
 # Cohort sizes keep every class splittable 70/15/15 by subject and the class mix imbalanced
@@ -341,7 +350,7 @@ def load_settings(
         raise ValueError(f"EXTERNAL_DATA must be None or the root folder of a data set to test on, got "
                          f"{str(external_data)!r}, which is not a folder.")
     if epochs is not None:
-        resolved = replace(resolved, epochs=epochs, warmup_epochs=min(resolved.warmup_epochs, epochs))
+        resolved = replace(resolved, epochs=epochs, warmup_epochs=min(resolved.warmup_epochs, epochs), model_epochs={})
     return Settings(
         profile=resolved,
         seed=seed,

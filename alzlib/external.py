@@ -25,6 +25,11 @@ SITE_B_MINIMUM = 2
 SAME_DATA_SHARE = 0.5
 LEVELS = ("slice", "subject")
 METRIC = "balanced_accuracy"
+# As for paired differences (comparison.MIN_PAIRED_SUBJECTS): with fewer test subjects at either site the bootstrap
+# interval is too narrow to mean anything (one subject per class gives zero width), so no drop is claimed.
+MIN_SUBJECTS = 10
+DROP_RULE = (f"a drop is shown when the 95% interval of site A minus external lies above 0 (a gain: below 0), with "
+             f"at least {MIN_SUBJECTS} test subjects at each site; otherwise 'no drop shown' or 'too few subjects'")
 
 
 class ExternalDataError(ValueError):
@@ -172,7 +177,14 @@ def drop_row(site_a: pd.DataFrame, external: pd.DataFrame, class_names: list[str
             "site_a_high": interval_a["high"], "external": interval_b["estimate"], "external_low": interval_b["low"],
             "external_high": interval_b["high"], "drop": drop["estimate"], "drop_low": drop["low"],
             "drop_high": drop["high"], "site_a_subjects": subjects_a, "external_subjects": subjects_b,
-            "drop_excludes_zero": bool(drop["low"] > 0 or drop["high"] < 0)}
+            "verdict": drop_verdict(drop["low"], drop["high"], min(subjects_a, subjects_b))}
+
+
+def drop_verdict(low: float, high: float, subjects: int) -> str:
+    """Return the verdict on a drop's interval by DROP_RULE (`subjects`: the smaller site's test subjects)."""
+    if subjects < MIN_SUBJECTS:
+        return "too few subjects"
+    return "drop shown" if low > 0 else "gain shown" if high < 0 else "no drop shown"
 
 
 def plot_drops(table: pd.DataFrame, title: str):
@@ -229,6 +241,7 @@ def evaluate_external(settings: config.Settings, manifest: pd.DataFrame, class_n
                  for level in LEVELS]
     table = pd.DataFrame(rows)
     record = {"source": source, "data": data, "trained_on": data_label, "metric": METRIC, "rows": rows,
+              "rule": DROP_RULE,
               "interval": "95% percentile intervals; site A and the external set bootstrapped independently over "
                           "their own subjects (within class); the drop's interval over replicate differences"}
     folder.mkdir(parents=True, exist_ok=True)

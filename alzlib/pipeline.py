@@ -256,7 +256,7 @@ def external_headline(settings: config.Settings) -> tuple[str, list[str]]:
         warnings.append(f"{len(data['copies_left_out'])} external image(s) left out as copies of the training data "
                         f"(external/external.json)")
     return (f"; {record['source']['label']}: {best['model']} subject balanced accuracy {best['external']:.3f}, "
-            f"drop from site A {drop}", warnings)
+            f"drop from site A {drop} ({best['verdict']})", warnings)
 
 
 def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
@@ -268,8 +268,12 @@ def gradcam_headline(settings: config.Settings) -> tuple[str, list[str]]:
                 if getattr(row, "cascade_verdict", "") == "fail"]
     verdicts = ", ".join(f"{row.model} {row.localisation_verdict_vs_prior}" for row in table.itertuples()
                          if isinstance(getattr(row, "localisation_verdict_vs_prior", None), str))
+    focal = ", ".join(f"{row.model} {row.medial_temporal_auroc_trained:.2f} ({row.medial_temporal_verdict_vs_prior})"
+                      for row in table.itertuples()
+                      if isinstance(getattr(row, "medial_temporal_verdict_vs_prior", None), str))
     return (f"Grad-CAM of {len(table)} models; trained vs re-initialised maps, signed Spearman (lower is better): "
-            f"{scores}" + (f"; localisation vs class prior: {verdicts}" if verdicts else ""), warnings)
+            f"{scores}" + (f"; localisation vs class prior: {verdicts}" if verdicts else "")
+            + (f"; medial temporal AUROC (vs its class prior): {focal}" if focal else ""), warnings)
 
 
 def comparison_headline(settings: config.Settings) -> tuple[str, list[str]]:

@@ -413,7 +413,8 @@ def _work_units(number: str, profile: config.Profile, images: int, train_images:
     evaluated, models = images - train_images, len(config.MODEL_NAMES)
     if number in TRAINED_IN:
         limit = profile.transfer_train_images if TRAINED_IN[number] != "baseline_cnn" else None
-        return min(train_images, limit or train_images) * profile.epochs  # transfer models train on a thinned set
+        # transfer models train on a thinned set
+        return min(train_images, limit or train_images) * profile.epochs_for(TRAINED_IN[number])
     return {"09": evaluated * (models + 1), "10": profile.gradcam_images * models, "11": models,
             "12": min(profile.robustness_images, evaluated) * models, "13": 0}[number]
 
@@ -426,7 +427,7 @@ def _fold_seconds(number: str, profile: config.Profile, images: int, folds: int)
     if folds < 2 or name is None:
         return 0.0
     per_fold = images * (folds - 1) / folds * (1 - crossval.VALIDATION_FRACTION)
-    units = min(per_fold, profile.fold_train_images or per_fold) * profile.epochs
+    units = min(per_fold, profile.fold_train_images or per_fold) * profile.epochs_for(name)
     pixels = (profile.image_size / REFERENCE_IMAGE_SIZE) ** 2
     seconds = folds * (FOLD_MODEL_SECONDS + NOTEBOOK_COSTS[number][1] * pixels * units) if (
         name in profile.fold_models) else 0.0
@@ -559,7 +560,7 @@ def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: 
     counts = report.get("counts", {})
     profile = config.get_profile(parameters["PROFILE"])
     if parameters.get("EPOCHS"):
-        profile = replace(profile, epochs=parameters["EPOCHS"])
+        profile = replace(profile, epochs=parameters["EPOCHS"], model_epochs={})
     shipped = bool((report.get("leakage_audit") or {}).get("shipped"))
     try:
         return estimate_run(profile, counts.get("images", 0), counts.get("per_split", {}).get("train", 0), numbers,

@@ -106,10 +106,15 @@ def training_recipe(name: str, profile: config.Profile, replicas: int = 1, gpu: 
     models.check_model_name(name)
     base = BASELINE_RECIPE if name == "baseline_cnn" else TRANSFER_RECIPE
     recipe = {key: dict(value) for key, value in base.items()}
+    epochs = profile.epochs_for(name)
+    if name in profile.model_learning_rates:
+        recipe["optimizer"]["learning_rate"] = float(profile.model_learning_rates[name])
+        if "base_learning_rate" in recipe["learning_rate_schedule"]:
+            recipe["learning_rate_schedule"]["base_learning_rate"] = float(profile.model_learning_rates[name])
     if name != "baseline_cnn":
-        recipe["learning_rate_schedule"].update(warmup_epochs=profile.warmup_epochs, total_epochs=profile.epochs)
+        recipe["learning_rate_schedule"].update(warmup_epochs=min(profile.warmup_epochs, epochs), total_epochs=epochs)
     recipe.update({
-        "epochs": profile.epochs,
+        "epochs": epochs,
         "early_stopping": None,
         "batch_size_per_replica": profile.batch_size,
         "replicas": replicas,

@@ -93,14 +93,16 @@ def _predictions(subjects: int, correct: bool, seed: int) -> pd.DataFrame:
 def test_drop_interval_excludes_zero_for_a_planted_drop():
     row = external.drop_row(_predictions(40, True, 0), _predictions(80, False, 1), CLASSES, "subject", 0)
     assert row["site_a"] == 1.0 and row["external"] < 0.5
-    assert row["drop_low"] > 0 and row["drop_excludes_zero"]
+    assert row["drop_low"] > 0 and row["verdict"] == "drop shown"
+    few = external.drop_row(_predictions(8, True, 0), _predictions(80, False, 1), CLASSES, "subject", 0)
+    assert few["drop_low"] > 0 and few["verdict"] == "too few subjects"  # 8 subjects: the interval means little
 
 
 def test_drop_interval_covers_zero_when_sites_agree():
     site_a, site_b = _predictions(40, False, 2), _predictions(40, False, 2)
     row = external.drop_row(site_a, site_b.assign(subject_id="b" + site_b["subject_id"]), CLASSES, "slice", 0)
     assert row["drop"] == pytest.approx(0.0) and row["drop_low"] < 0 < row["drop_high"]
-    assert not row["drop_excludes_zero"]
+    assert row["verdict"] == "no drop shown"
 
 
 def test_external_source_follows_the_data(tmp_path, monkeypatch):

@@ -277,3 +277,18 @@ def test_training_curves_plot_the_history():
     assert len(figure.axes) == 3 and len(figure.axes[1].lines) == 3
     with pytest.raises(ValueError, match="no 'loss'"):
         training.plot_training_curves({})
+
+
+def test_per_model_budgets_change_only_their_model_and_epochs_overrides_them():
+    import dataclasses
+
+    profile = dataclasses.replace(config.PROFILES["smoke"], epochs=3, model_epochs={"baseline_cnn": 7},
+                                  model_learning_rates={"baseline_cnn": 2e-3, "resnet50": 5e-4})
+    baseline = training.training_recipe("baseline_cnn", profile)
+    assert baseline["epochs"] == 7 and baseline["optimizer"]["learning_rate"] == 2e-3
+    transfer = training.training_recipe("resnet50", profile)
+    assert transfer["epochs"] == 3 and transfer["learning_rate_schedule"]["total_epochs"] == 3
+    assert transfer["optimizer"]["learning_rate"] == transfer["learning_rate_schedule"]["base_learning_rate"] == 5e-4
+    assert training.training_recipe("efficientnetb0", profile)["optimizer"]["learning_rate"] == 1e-3
+    overridden = config.load_settings("cpu", epochs=2).profile
+    assert overridden.epochs_for("baseline_cnn") == overridden.epochs_for("resnet50") == 2
