@@ -212,6 +212,10 @@ class OutputPaths:
         return self.root / "ingestion_report.json"
 
     @property
+    def cohort_calibration(self) -> Path:
+        return self.root / "cohort_calibration.json"
+
+    @property
     def eda(self) -> Path:
         return self.root / "eda"
 

@@ -113,8 +113,12 @@ def ingestion_headline(settings: config.Settings) -> tuple[str, list[str]]:
     audit = (report.get("leakage_audit") or {}).get(policy) or {}
     if audit.get("leaks"):
         warnings.append(f"leakage audit of the {policy} split trips on {', '.join(audit.get('tripped_by', []))}")
+    calibration = _read_optional(settings.paths.cohort_calibration) if is_synthetic(report) else {}
+    difficulty = (f"; cohort v{settings.profile.cohort_version}: global statistics "
+                  f"{calibration['global']['balanced_accuracy']:.2f}, medial temporal window "
+                  f"{calibration['focal']['balanced_accuracy']:.2f} subject balanced accuracy" if calibration else "")
     return (f"{counts['images']:,} images, {counts['subjects']:,} subjects, {counts['skipped']:,} skipped "
-            f"({data_label(report)})", warnings)
+            f"({data_label(report)}){difficulty}", warnings)
 
 
 def eda_headline(settings: config.Settings) -> tuple[str, list[str]]:
