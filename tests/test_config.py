@@ -102,3 +102,19 @@ def test_the_gpu_check_prints_no_tensorflow_start_up_lines():
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert result.returncode == 0 and result.stdout.strip() in ("True", "False")
     assert "oneDNN" not in result.stderr and "absl" not in result.stderr, result.stderr
+
+
+def test_cohort_version_comes_from_the_profile_or_environment(monkeypatch):
+    monkeypatch.delenv("ALZ_DATA_DIR", raising=False)
+    monkeypatch.delenv("ALZ_COHORT_VERSION", raising=False)
+    assert {profile.cohort_version for profile in config.PROFILES.values()} == {"2"}
+    assert config.default_data_dir(config.get_profile("smoke")) == config.DATA_DIR / "synthetic" / "smoke"
+    assert config.site_b_data_dir(config.get_profile("smoke")).name == "smoke-site-B"
+    monkeypatch.setenv("ALZ_COHORT_VERSION", "1")
+    settings = config.load_settings("smoke")
+    assert settings.profile.cohort_version == "1" and settings.synthetic
+    assert settings.data_dir == config.DATA_DIR / "synthetic" / "smoke-v1"
+    assert settings.to_dict()["cohort_version"] == "1"
+    monkeypatch.setenv("ALZ_COHORT_VERSION", "3")
+    with pytest.raises(ValueError, match="ALZ_COHORT_VERSION must be one of 1, 2, got '3'"):
+        config.get_profile("smoke")

@@ -110,6 +110,8 @@ def test_run_all_rejects_unknown_profile():
 def test_run_all_rejects_a_missing_data_folder(tmp_path, capsys):
     assert run_all.main(["--profile", "smoke", "--data", str(tmp_path / "absent")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+    assert run_all.main(["--profile", "smoke", "--external-data", str(tmp_path / "absent")]) == 2
+    assert f"--external-data {tmp_path / 'absent'} is not a folder" in capsys.readouterr().err
 
 
 def test_run_all_checks_epochs_and_weights_before_any_notebook_runs(capsys):
