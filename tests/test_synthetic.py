@@ -15,7 +15,7 @@ from alzlib import config, synthetic
 TINY = config.Profile(name="tiny", image_size=32, batch_size=4, epochs=1, warmup_epochs=1,
                       cohort_subjects={"NonDemented": 3, "VeryMildDemented": 2, "MildDemented": 2,
                                        "ModerateDemented": 2},
-                      slices_per_subject=3)
+                      slices_per_subject=3, cohort_version="1")  # this file tests version 1
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -170,7 +170,8 @@ def test_ensure_cohort_reuses_a_matching_cohort(cohort, monkeypatch):
 
 def test_ensure_cohort_regenerates_a_cohort_of_another_seed(tmp_path):
     small = config.Profile(name="small", image_size=32, batch_size=4, epochs=1, warmup_epochs=1,
-                           cohort_subjects={name: 1 for name in config.CLASS_NAMES}, slices_per_subject=1)
+                           cohort_subjects={name: 1 for name in config.CLASS_NAMES}, slices_per_subject=1,
+                           cohort_version="1")
     folder = synthetic.ensure_cohort(small, 1, tmp_path / "cohort")
     assert json.loads((folder / "cohort.json").read_text())["seed"] == 1
     synthetic.ensure_cohort(small, 2, folder)

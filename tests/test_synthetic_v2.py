@@ -160,8 +160,9 @@ def test_version_2_and_site_b_are_byte_identical_per_seed(cohort, tmp_path, monk
 
 def test_ensure_cohort_regenerates_when_the_version_or_site_changes(tmp_path):
     one = config.Profile(name="one", image_size=32, batch_size=4, epochs=1, warmup_epochs=1,
-                         cohort_subjects={name: 1 for name in config.CLASS_NAMES}, slices_per_subject=1)
-    folder = synthetic.ensure_cohort(one, 1, tmp_path / "cohort")
+                         cohort_subjects={name: 1 for name in config.CLASS_NAMES}, slices_per_subject=1,
+                         cohort_version="1")
+    folder = synthetic.ensure_cohort(one, 1, tmp_path / "cohort")  # no version: the profile's
     assert json.loads((folder / "cohort.json").read_text())["cohort_version"] == "1"
     assert not synthetic.cohort_matches(folder, one, 1, version="2")
     synthetic.ensure_cohort(one, 1, folder, version="2")
