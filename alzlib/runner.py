@@ -504,7 +504,10 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
     estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
                 "seconds": round(sum(seconds.values()), 1), "low_seconds": round(low, 1),
                 "high_seconds": round(high, 1), "images": images, "train_images": train_images,
-                "image_size": profile.image_size, "epochs": profile.epochs, "control_models": control_models,
+                "image_size": profile.image_size, "epochs": profile.epochs,
+                "model_epochs": {name: profile.epochs_for(name) for name in TRAINED_IN.values()
+                                 if profile.epochs_for(name) != profile.epochs},
+                "control_models": control_models,
                 "control_epochs": profile.control_epochs, "control_train_images": control_train,
                 "folds": folds, "fold_models": list(profile.fold_models) if folds > 1 else [],
                 "cpu_count": cpu_count, "speed_factor": round(speed, 3),
@@ -531,7 +534,7 @@ def describe_estimate(estimate: dict) -> str:
     span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else numbers[0]
     return (f"estimated {low} to {high} for {span} on this machine ({estimate['cpu_count']} cores, CPU): "
             f"{estimate['images']:,} images ({estimate['train_images']:,} train) x {_epochs(estimate['epochs'])} per "
-            f"model at {estimate['image_size']} px, {estimate['control_models']} control models x "
+            f"model{_own_epochs(estimate)} at {estimate['image_size']} px, {estimate['control_models']} control models x "
             f"{_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}"
             f"{_folds(estimate)}; largest {largest} "
             f"(~{format_duration(estimate['notebooks'][largest])})")
@@ -540,6 +543,12 @@ def describe_estimate(estimate: dict) -> str:
 def _folds(estimate: dict) -> str:
     models = estimate.get("fold_models") or []
     return f", {estimate['folds']} folds of {', '.join(models)}" if estimate.get("folds", 1) > 1 and models else ""
+
+
+def _own_epochs(estimate: dict) -> str:
+    """Return ' (baseline_cnn 24)' for models with their own epoch budget, else ''."""
+    own = estimate.get("model_epochs") or {}
+    return f" ({', '.join(f'{name} {count}' for name, count in own.items())})" if own else ""
 
 
 def _epochs(count: int) -> str:

@@ -85,7 +85,7 @@ def test_budget_changes_epochs_rate_and_augmentation_and_rejects_unknown_keys():
                                                                  "augmentation": False})
     assert changed["epochs"] == 9 and changed["optimizer"]["learning_rate"] == 1e-3
     assert changed["learning_rate_schedule"] == {"name": "constant", "learning_rate": 1e-3}
-    assert changed_spec["augmentation"] == [] and spec["augmentation"] and recipe["epochs"] == 4  # copies
+    assert changed_spec["augmentation"] == [] and spec["augmentation"] and recipe["epochs"] == 24  # copies
     assert training.apply_budget(recipe, spec, None) == (recipe, spec)
     with pytest.raises(ValueError, match="Unknown budget key"):
         training.apply_budget(recipe, spec, {"epoch": 3})
