@@ -6,6 +6,9 @@
     python run_all.py --data /path/to/Alzheimer_s\\ Dataset --profile full
     python run_all.py --only 09,10         # re-run some notebooks; --from 05 runs 05 to the end
     python run_all.py --folds 1            # the single split only, no cross-validation
+
+Each data set and split policy gets its own run folder, outputs/<profile>/<data-name>-<split>/ (the synthetic cohort:
+outputs/cpu/synthetic-subject/); outputs/runs.csv and outputs/index.html list every run with its headline numbers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alzlib import config, environment, freshness, runner
+from alzlib import config, environment, freshness, runner, runs
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {'' if arguments.profile else 'ALZ_PROFILE: '}{error}", file=sys.stderr)
         return 2
-    paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
                   "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic,
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    paths = settings.paths  # the run folder, outputs/<profile>/<data-name>-<split>/, chosen once in alzlib.config
     try:
         steps = runner.select_notebooks(runner.discover_notebooks(), arguments.only, arguments.start)
     except (ValueError, FileNotFoundError) as error:
@@ -125,6 +128,7 @@ def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, 
         report.render_notebooks_html(paths.notebooks)
         report.build_report(paths)
         print(f"Report: {paths.report}")
+    print(f"Runs index: {runs.update_index()}")
     return 0
 
 
