@@ -118,6 +118,7 @@ def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, 
     except runner.NotebookFailed as failure:
         print_warnings(runner.load_summary(paths))
         print(f"error: {failure}", file=sys.stderr)
+        runs.update_index()
         return 1
     print_warnings(summary)
     print(f"Done in {summary['total_seconds']:.0f} s{compared_with_estimate(summary)}. Timings: {paths.run_summary}")

@@ -163,6 +163,13 @@ def _figures(context: _Context, paths: list[tuple[Path, str]]) -> list[Figure]:
     return [figure for path, caption in paths if (figure := _image(context, path, caption)) is not None]
 
 
+def _show(context: _Context, section: Section, paths: list[tuple[Path, str]], columns: int) -> None:
+    """Add the readable figures of (path, caption) pairs to `section`; note the unreadable ones in place."""
+    section.show(_figures(context, paths), columns)
+    section.missing += [context.note(path) for path, _ in paths
+                        if path.is_file() and context.problems.get(context.relative(path), "missing") != "missing"]
+
+
 def _gallery(figures: list[Figure], columns: int = 3) -> Markup:
     """Return a collapsed-block body: a grid of figures."""
     cells = "".join(f'<figure><img src="{figure.uri}" alt="{Markup.escape(figure.caption)}"><figcaption>'
@@ -209,7 +216,7 @@ def _is_synthetic(context: _Context) -> bool | None:
     source = context.dict_file("ingestion_report.json").get("data_source")
     if isinstance(source, dict) and "synthetic" in source:
         return bool(source["synthetic"])
-    settings = context.dict_file("run_metadata.json").get("settings")
+    settings = _metadata(context)[0].get("settings")
     return bool(settings["synthetic"]) if isinstance(settings, dict) and "synthetic" in settings else None
 
 
@@ -262,8 +269,8 @@ def _data_section(context: _Context) -> Section:
     section = Section("data", "Data and splits", "Every class should appear in every split with several subjects; "
                       "the sample grid should look like brain slices, and the shortcut audit should find nothing.",
                       table=_split_table(context))
-    section.show(_figures(context, [(eda / "class_distribution.png", "Images and subjects per class"),
-                                    (eda / "sample_grid.png", "Sample slices per class")]), 2)
+    _show(context, section, [(eda / "class_distribution.png", "Images and subjects per class"),
+                             (eda / "sample_grid.png", "Sample slices per class")], 2)
     audit = context.dict_file("eda/shortcut_audit.json")
     section.notes += [audit["sentence"]] if audit.get("sentence") else []
     section.notes += [f"Split warning: {warning}" for warning in ingestion.get("split_warnings") or []]
@@ -301,7 +308,7 @@ def _training_section(context: _Context) -> Section:
     curves = [(context.root / "training" / name / "curves.png", f"{name}: loss and balanced accuracy per epoch")
               for name, record in records.items() if record.get("framework") != "scikit-learn"
               and (context.root / "training" / name / "curves.png").is_file()]
-    section.show(_figures(context, curves), 2)
+    _show(context, section, curves, 2)
     missing = [name for name in records if name in config.MODEL_NAMES
                and not (context.root / "training" / name / "curves.png").is_file()]
     section.missing += [context.note(context.root / "training" / name / "curves.png") for name in missing]
@@ -334,8 +341,8 @@ def _evaluation_section(context: _Context) -> Section:
     confusion = [(folder / name / "confusion_test_subject.png", f"{name}: confusion, test subjects")
                  for name in models]
     reliability = [(folder / name / "reliability_test.png", f"{name}: reliability, test slices") for name in models]
-    section.show(_figures(context, confusion), 3)
-    section.show(_figures(context, reliability), 5)
+    _show(context, section, confusion, 3)
+    _show(context, section, reliability, 5)
     section.missing += [context.note(path) for path, _ in (*confusion, *reliability) if not path.is_file()]
     roc = _figures(context, [(folder / name / "roc_test.png", f"{name}: ROC, test") for name in models])
     section.more += [("ROC curves", _gallery(roc, 4))] if roc else []
@@ -391,8 +398,8 @@ def _statistics_section(context: _Context) -> Section:
                       "Holm-adjusted p-value is below 0.05, its 95% paired-bootstrap interval excludes 0 and at least "
                       f"{report_headline.MIN_PAIRED_SUBJECTS} subjects are paired. Intervals that cross 0 in the "
                       "figure mean the data cannot tell that pair apart.")
-    section.show(_figures(context, [(context.root / "comparison" / "paired_differences.png",
-                                     "Paired differences in balanced accuracy")]), 3)
+    _show(context, section, [(context.root / "comparison" / "paired_differences.png",
+                                     "Paired differences in balanced accuracy")], 3)
     if frame is None:
         section.missing.append(context.note("comparison/paired_differences*.csv"))
     else:
@@ -449,8 +456,8 @@ def _gradcam_section(context: _Context) -> Section:
                       "weights are re-initialised (a low randomisation ρ, cascade 'pass').",
                       table=_gradcam_table(context))
     models = [name for name in _models(context) if (folder / name).is_dir()]
-    section.show(_figures(context, [(folder / name / "overlays.png", f"{name}: Grad-CAM overlays")
-                                    for name in models]), 4)
+    _show(context, section, [(folder / name / "overlays.png", f"{name}: Grad-CAM overlays")
+                                    for name in models], 4)
     if not models:
         section.missing.append(context.note("gradcam/"))
     checks = [(path, f"{path.parent.name}: {path.stem.replace('_', ' ')}") for name in models
@@ -466,7 +473,7 @@ def _robustness_section(context: _Context) -> Section:
     section = Section("robustness", "Robustness to MRI corruptions", "Darker cells are larger drops in accuracy "
                       "under a corruption; a model with a lower mCE (corruption error relative to the reference "
                       "model, 100 = the same) degrades less.")
-    section.show(_figures(context, [(folder / "robustness_heatmap.png", "Accuracy drop per corruption")]), 2)
+    _show(context, section, [(folder / "robustness_heatmap.png", "Accuracy drop per corruption")], 2)
     table = context.csv(folder / "mce_summary.csv", required=False)
     if table is not None:
         keep = [column for column in ("model", "clean_error", "mce", "mce_low", "mce_high", "relative_mce",
@@ -504,9 +511,7 @@ def _timings(context: _Context) -> Markup | None:
 
 def _run_section(context: _Context) -> Section:
     """Profile, seed, data, split, weights setting, determinism, commit and build time; timings and versions."""
-    metadata = context.dict_file("run_metadata.json")
-    if not metadata:
-        metadata, source = _metadata_from_record(context)
+    metadata, source = _metadata(context)
     settings = metadata.get("settings") if isinstance(metadata.get("settings"), dict) else {}
     section = Section("run", "Run details", "How this run was made: enough to repeat it with run_all.py.",
                       table=pairs_table({
@@ -518,6 +523,8 @@ def _run_section(context: _Context) -> Section:
                           "deterministic": settings.get("deterministic"), "folds": settings.get("folds"),
                           "git commit": metadata.get("git_commit"),
                           "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}))
+    section.notes += [f"Run details taken from {source} (run_metadata.json is missing)."] \
+        if source != "run_metadata.json" else []
     timings = _timings(context)
     section.more += [("Notebook run times", timings)] if timings is not None else []
     section.more += [(title, pairs_table(metadata[key])) for key, title in
@@ -526,8 +533,12 @@ def _run_section(context: _Context) -> Section:
     return section
 
 
-def _metadata_from_record(context: _Context) -> tuple[dict, str]:
-    """Return a recipe record's `run` entry when run_metadata.json is missing (training records the same dict)."""
+def _metadata(context: _Context) -> tuple[dict, str]:
+    """Return the run metadata and its file: run_metadata.json, else a recipe record's `run` entry (training records
+    the same dict), else an empty dict."""
+    metadata = context.dict_file("run_metadata.json")
+    if metadata:
+        return metadata, "run_metadata.json"
     for name, record in _records(context).items():
         if isinstance(record.get("run"), dict):
             return record["run"], f"models/{name}.json"
@@ -553,6 +564,11 @@ def _limitations_section(context: _Context) -> Section:
         items.insert(0, "The data source is unknown (ingestion report missing): treat every number as unverified.")
     return Section("limitations", "Limitations", notes=items)
 
+
+# Short labels for the sticky table of contents.
+NAV_LABELS = {"data": "Data", "training": "Training", "evaluation": "Performance", "statistics": "Statistics",
+              "leakage": "Leakage", "gradcam": "Grad-CAM", "robustness": "Robustness", "external": "External",
+              "run": "Run", "limitations": "Limitations"}
 
 SECTIONS: tuple[Callable[[_Context], Section | None], ...] = (
     _data_section, _training_section, _evaluation_section, _statistics_section, _leakage_section, _gradcam_section,
@@ -627,15 +643,22 @@ def _environment(scrub: Callable[[str], str]):
 
 # --- build -----------------------------------------------------------------------------------------------------------
 
+def _profile_name(context: _Context) -> str:
+    """Return the run's profile from its metadata, else the run folder's parent's name."""
+    settings = context.dict_file("run_metadata.json", required=False).get("settings")
+    return str(settings.get("profile")) if isinstance(settings, dict) and settings.get("profile") else \
+        context.root.parent.name
+
+
 def page_context(paths: config.OutputPaths) -> dict:
     """Return everything the template shows, read from the files under `paths.root`."""
     context = _Context(paths)
     headline = _headline(context)
     sections = [section for builder in SECTIONS if (section := builder(context)) is not None]
     anchors = {"top", "checks", "model-card", "appendix", *(section.anchor for section in sections)}
-    return {"profile": context.root.parent.name, "run": context.root.name, "data": _data_line(context),
+    return {"profile": _profile_name(context), "run": context.root.name, "data": _data_line(context),
             "headline": headline, "checks": report_checks.run_checks(context.root),
-            "card": report_card.model_card(context.root), "sections": sections,
+            "card": report_card.model_card(context.root), "sections": sections, "nav": NAV_LABELS,
             "claim": report_card.claim_checklist(anchors), "files": raw_files(context),
             "notebooks": notebook_links(context), "problems": context.problems}
 

@@ -15,7 +15,7 @@ HEADLINE_METRIC = "balanced_accuracy"
 HEADLINE_LEVEL = "subject"
 # The comparison stage's support rule (alzlib.comparison): fewer paired subjects than this is inconclusive.
 MIN_PAIRED_SUBJECTS = 10
-PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated, every subject"),
+PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated over every subject"),
                 ("paired_differences.csv", "single split, test subjects"))
 ROLES = {name: "deep network" for name in config.MODEL_NAMES}
 ROLES.update({name: "non-deep baseline" for name in config.BASELINE_MODEL_NAMES})
@@ -92,39 +92,51 @@ def headline_numbers(root: Path) -> dict:
             if pd.notna(getattr(row, HEADLINE_METRIC))}
 
 
-def paired_differences(root: Path) -> tuple[pd.DataFrame | None, str]:
-    """Return the paired-difference table the verdict rests on (cross-validated first) and where it came from."""
+def paired_tables(root: Path) -> list[tuple[pd.DataFrame, str]]:
+    """Return every paired-difference table present (cross-validated first) with where it came from."""
     needed = {"model_a", "model_b", "level", "subjects", "difference", "low", "high", "supported"}
+    tables = []
     for name, source in PAIRED_FILES:
         frame = read_csv(root / "comparison" / name)
         if frame is not None and needed <= set(frame.columns):
-            return frame, source
-    return None, ""
+            tables.append((frame, source))
+    return tables
+
+
+def paired_differences(root: Path) -> tuple[pd.DataFrame | None, str]:
+    """Return the paired-difference table the report shows first (cross-validated if present) and its source."""
+    tables = paired_tables(root)
+    return tables[0] if tables else (None, "")
 
 
 def _supported_sentence(row) -> str:
-    """Return 'A beats B by +0.10 [0.04, 0.16]' for a supported difference, the better model first."""
+    """Return 'A beats B by +0.10 [+0.04, +0.16]' for a supported difference, the better model first."""
     better, worse, sign = (row.model_a, row.model_b, 1) if row.difference > 0 else (row.model_b, row.model_a, -1)
     low, high = sorted((sign * row.low, sign * row.high))
     return f"{better} beats {worse} by {sign * row.difference:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def verdict(root: Path) -> str:
-    """Return the one-sentence verdict that the paired differences (with the comparison's support rule) allow."""
-    frame, source = paired_differences(root)
-    if frame is None:
-        return "No verdict: comparison/paired_differences*.csv is missing, so no model difference was tested."
+def _table_verdict(frame: pd.DataFrame, source: str) -> str:
+    """Return one clause on what one paired-difference table supports at the headline level."""
     level = frame[frame["level"] == HEADLINE_LEVEL]
     level = level if not level.empty else frame
     subjects = int(level["subjects"].min())
-    where = f"({source}, {level['level'].iloc[0]} level, paired bootstrap, Holm-corrected)"
+    where = f"{source[0].upper()}{source[1:]} ({level['level'].iloc[0]} level)"
     if subjects < MIN_PAIRED_SUBJECTS:
-        return (f"No model can be told apart from another: {subjects} paired subjects are too few for the "
-                f"bootstrap (at least {MIN_PAIRED_SUBJECTS} needed) {where}.")
+        return (f"{where}: no model can be told apart from another, {subjects} paired subjects are too few "
+                f"(at least {MIN_PAIRED_SUBJECTS} needed)")
     supported = level[level["supported"].astype(str).str.lower() == "true"]
     if supported.empty:
-        return f"No model is distinguishable from another at this sample size ({subjects} subjects) {where}."
+        return f"{where}: no model is distinguishable from another at this sample size ({subjects} subjects)"
     sentences = [_supported_sentence(row) for row in supported.itertuples()]
     shown = "; ".join(sentences[:3]) + (f"; and {len(sentences) - 3} more" if len(sentences) > 3 else "")
-    return (f"Supported by the data {where}: {shown}. "
-            f"No other pair of the {len(level)} compared differs beyond chance.")
+    return f"{where}: {shown} ({len(supported)} of {len(level)} pairs supported, {subjects} subjects)"
+
+
+def verdict(root: Path) -> str:
+    """Return the verdict the paired differences allow under the comparison's support rule (paired bootstrap,
+    Holm-corrected, interval excluding 0, enough subjects), one clause per table."""
+    tables = paired_tables(root)
+    if not tables:
+        return "No verdict: comparison/paired_differences*.csv is missing, so no model difference was tested."
+    return ". ".join(_table_verdict(frame, source) for frame, source in tables) + "."
