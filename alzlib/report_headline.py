@@ -17,9 +17,9 @@ HEADLINE_LEVEL = "subject"
 MIN_PAIRED_SUBJECTS = 10
 PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated over every subject"),
                 ("paired_differences.csv", "single split, test subjects"))
-ROLES = {name: "deep network" for name in config.MODEL_NAMES}
-ROLES.update({name: "non-deep baseline" for name in config.BASELINE_MODEL_NAMES})
-ROLES[config.CONTROL_MODEL_NAME] = "random-label control"
+ROLES = {name: "CNN" for name in config.MODEL_NAMES}
+ROLES.update({name: "linear" for name in config.BASELINE_MODEL_NAMES})
+ROLES[config.CONTROL_MODEL_NAME] = "control"
 
 
 def read_csv(path: Path) -> pd.DataFrame | None:

@@ -452,7 +452,8 @@ def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monke
     from alzlib import freshness
 
     monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path / "outputs"))
-    first, second = tmp_path / "A", tmp_path / "B"
+    # Same folder name, so the same run folder (<name>-<split>): the manifest's fingerprint tells them apart.
+    first, second = tmp_path / "one" / "data", tmp_path / "two" / "data"
     for folder in (first, second):
         (folder / "NonDemented").mkdir(parents=True)
     settings = config.load_settings("smoke", 42, first)
@@ -462,6 +463,23 @@ def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monke
     error = capsys.readouterr().err
     assert f"made from {first.resolve()} (split subject, seed 42), not {second.resolve()}" in error
     assert f"python run_all.py --from 01 --profile smoke --data {second}" in error and error.count("\n") == 1
+
+
+def test_run_all_on_another_data_set_uses_its_own_run_folder_and_leaves_the_first_intact(tmp_path, monkeypatch,
+                                                                                         capsys):
+    from alzlib import freshness
+
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    first, second = tmp_path / "A", tmp_path / "B"
+    for folder in (first, second):
+        (folder / "NonDemented").mkdir(parents=True)
+    settings = config.load_settings("smoke", 42, first)
+    storage.write_parquet(settings.paths.manifest, runner.pipeline.pd.DataFrame({"path": ["a.jpg"]}))
+    storage.write_json(settings.paths.ingestion_report, {"fingerprint": freshness.manifest_fingerprint(settings)})
+    assert run_all.main(["--profile", "smoke", "--only", "02", "--data", str(second)]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'outputs' / 'smoke' / 'B-subject' / 'manifest.parquet'} does not exist" in error
+    assert settings.paths.root == tmp_path / "outputs" / "smoke" / "A-subject" and settings.paths.manifest.is_file()
 
 
 def test_speed_factor_is_the_probe_against_the_reference_and_bounded():
