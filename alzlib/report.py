@@ -177,11 +177,6 @@ def _gallery(figures: list[Figure], columns: int = 3) -> Markup:
     return Markup(f'<div class="gallery cols-{columns}">{cells}</div>')
 
 
-def _list_html(items: list[str]) -> Markup:
-    """Return an escaped bullet list."""
-    return Markup("<ul>" + "".join(f"<li>{Markup.escape(item)}</li>" for item in items) + "</ul>")
-
-
 def _models(context: _Context) -> list[str]:
     """Return the models with evaluation results, in headline order."""
     folder = context.root / "evaluation"

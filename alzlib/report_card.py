@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from alzlib import config
 from alzlib.report_checks import read_json
 from alzlib.report_headline import ordered_models, read_csv
 
@@ -185,7 +184,3 @@ def external_tables(root: Path) -> list[Path]:
     found = {*folder.glob("external*/**/*.csv"), *folder.glob("**/external_*.csv")} if folder.is_dir() else set()
     return sorted(path for path in found if read_csv(path) is not None)
 
-
-def baseline_present(root: Path) -> bool:
-    """Return True when the non-deep baseline has evaluation results."""
-    return any((root / "evaluation" / name / "metrics.json").is_file() for name in config.BASELINE_MODEL_NAMES)

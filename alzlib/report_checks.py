@@ -10,8 +10,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from alzlib import config
 from alzlib.report_headline import read_csv
 
@@ -239,7 +237,8 @@ def skipped_files(root: Path) -> Check:
     seen = counts.get("files_seen") or counts.get("images") or 0
     if not skipped:
         return Check(name, PASS, f"none of {seen} files skipped", source, anchor)
-    reasons = sorted({str(entry.get("reason", "?")) for entry in report.get("skipped") or [] if isinstance(entry, dict)})
+    entries = [entry for entry in report.get("skipped") or [] if isinstance(entry, dict)]
+    reasons = sorted({str(entry.get("reason", "?")) for entry in entries})
     status = FAIL if seen and skipped / seen > SKIPPED_FAIL_SHARE else WARN
     return Check(name, status, f"{skipped} of {seen} files skipped ({'; '.join(reasons[:2]) or 'see report'})",
                  source, anchor)
