@@ -182,13 +182,14 @@ def test_kernel_is_not_sent_sigint_when_shutting_down(tmp_path):
 
 def test_a_second_run_on_a_locked_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
-    with runner.lock_outputs(tmp_path / "smoke", command="python run_all.py --profile smoke"):
+    run_folder = config.output_paths("smoke").root  # the synthetic cohort's run folder, smoke/synthetic-subject
+    with runner.lock_outputs(run_folder, command="python run_all.py --profile smoke"):
         assert run_all.main(["--profile", "smoke", "--only", "01"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "in use by another run" in captured.err
     assert f"pid {runner.os.getpid()}" in captured.err and "python run_all.py --profile smoke" in captured.err
     assert "Profile" not in captured.out, "refused before anything runs"
-    with runner.lock_outputs(tmp_path / "smoke"):  # released when the holder's block ends
+    with runner.lock_outputs(run_folder):  # released when the holder's block ends
         pass
 
 
@@ -284,7 +285,7 @@ def test_run_all_reports_ctrl_c_in_one_line_with_exit_code_130(tmp_path, monkeyp
     error = capsys.readouterr().err
     assert error == ("interrupted during 05_train_baseline_cnn; rerun with --resume to skip the notebooks that "
                      "finished\n")
-    with runner.lock_outputs(tmp_path / "smoke"):  # the lock went with the interrupted run
+    with runner.lock_outputs(config.output_paths("smoke").root):  # the lock went with the interrupted run
         pass
 
 
