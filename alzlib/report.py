@@ -25,7 +25,7 @@ from alzlib import config, report_card, report_checks, report_headline, storage
 IMAGE_TYPES = {".png": (b"\x89PNG\r\n\x1a\n", "image/png"), ".jpg": (b"\xff\xd8\xff", "image/jpeg"),
                ".jpeg": (b"\xff\xd8\xff", "image/jpeg")}
 MAX_TABLE_ROWS = 40
-RAW_SUFFIXES = (".csv", ".json", ".html")
+RAW_SUFFIXES = (".csv", ".json")
 # An absolute path inside a text: a slash not preceded by a word character, a dot, a colon or another slash (so URLs
 # and relative paths stay), then at least one folder.
 ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])/(?:[^\s/\"'<>()\[\]]+/)+[^\s/\"'<>()\[\],;]*")
@@ -638,6 +638,16 @@ def _environment(scrub: Callable[[str], str]):
 
 # --- build -----------------------------------------------------------------------------------------------------------
 
+def _built(builder: Callable[[_Context], Section | None], context: _Context) -> Section | None:
+    """Run one section builder; a file in an older or unexpected layout gives a section that says so, not a crash."""
+    try:
+        return builder(context)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        anchor = builder.__name__.strip("_").removesuffix("_section")
+        return Section(anchor, anchor.capitalize(), missing=[f"could not build this section: {type(error).__name__}: "
+                                                             f"{error} (a file in an older or unexpected layout)"])
+
+
 def _profile_name(context: _Context) -> str:
     """Return the run's profile from its metadata, else the run folder's parent's name."""
     settings = context.dict_file("run_metadata.json", required=False).get("settings")
@@ -649,7 +659,7 @@ def page_context(paths: config.OutputPaths) -> dict:
     """Return everything the template shows, read from the files under `paths.root`."""
     context = _Context(paths)
     headline = _headline(context)
-    sections = [section for builder in SECTIONS if (section := builder(context)) is not None]
+    sections = [section for builder in SECTIONS if (section := _built(builder, context)) is not None]
     anchors = {"top", "checks", "model-card", "appendix", *(section.anchor for section in sections)}
     return {"profile": _profile_name(context), "run": context.root.name, "data": _data_line(context),
             "headline": headline, "checks": report_checks.run_checks(context.root),

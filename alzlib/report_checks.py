@@ -250,4 +250,13 @@ CHECKS = (leakage_audit, random_label_control, shortcut_audit, class_balance, ca
 
 def run_checks(root: Path) -> list[Check]:
     """Return every badge for the run folder `root`, in panel order."""
-    return [check(Path(root)) for check in CHECKS]
+    return [_checked(check, Path(root)) for check in CHECKS]
+
+
+def _checked(check, root: Path) -> Check:
+    """Run one check; a file in an unexpected layout gives a warning badge that says so, never a pass or a crash."""
+    try:
+        return check(root)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        return Check(check.__name__.replace("_", " ").capitalize(), WARN,
+                     f"could not evaluate ({type(error).__name__}: {error})", "its file", "appendix")

@@ -247,6 +247,13 @@ def test_missing_or_unreadable_stages_say_so(tmp_path):
     assert document.count('<span class="badge pass">') == 0  # nothing passes on missing files
 
 
+def test_a_file_in_an_older_layout_gives_a_section_that_says_so(tmp_path):
+    paths = config.OutputPaths(tmp_path / "cpu" / "synthetic-subject")
+    storage.write_json(paths.evaluation / "leakage_demonstration.json", {"cells": [{"split_policy": "subject"}]})
+    document = report.build_report(paths).read_text()
+    assert "could not build this section: KeyError" in section_of(document, "leakage")
+
+
 def test_run_details_fall_back_to_a_recipe_record(tmp_path):
     paths = config.OutputPaths(tmp_path / "cpu" / "synthetic-subject")
     run = {"settings": {"profile": "cpu", "seed": 7, "deterministic": False, "synthetic": True}, "git_commit": "feed42"}

@@ -134,3 +134,9 @@ def test_skipped_files_warn_and_fail_above_a_tenth(tmp_path):
     assert check.status == WARN and "truncated JPEG" in check.line
     ingestion(tmp_path, counts={"files_seen": 100, "skipped": 20}, skipped=[])
     assert report_checks.skipped_files(tmp_path).status == FAIL
+
+
+def test_a_file_in_an_unexpected_layout_warns_instead_of_crashing(tmp_path):
+    storage.write_json(tmp_path / "evaluation" / "summary.json", {"random_label_control": {"verdict": "?"}})
+    check = report_checks.run_checks(tmp_path)[1]
+    assert check.status == WARN and "could not evaluate (KeyError" in check.line
