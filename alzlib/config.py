@@ -243,6 +243,10 @@ class OutputPaths:
         return self.root / "report.html"
 
     @property
+    def report_screenshots(self) -> Path:
+        return self.root / "report_screenshots"
+
+    @property
     def run_summary(self) -> Path:
         return self.root / "run_summary.json"
 

@@ -54,6 +54,7 @@ def index_table(outputs: Path | None = None) -> pd.DataFrame:
     rows = [run_row(folder) for folder in run_folders(outputs)]
     frame = pd.DataFrame(rows, columns=None if rows else list(FIXED_COLUMNS))
     scores = sorted(column for column in frame.columns if column not in FIXED_COLUMNS)
+    frame["test_subjects"] = frame["test_subjects"].astype("Int64")  # a count, also where some runs lack one
     return frame[[*FIXED_COLUMNS, *scores]]
 
 

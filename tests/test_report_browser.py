@@ -119,7 +119,7 @@ def fake_report(tmp_path_factory) -> dict:
     needs_chromium()
     workspace = tmp_path_factory.mktemp("browser")
     paths = load_tree_builder()(workspace / "outputs" / "smoke" / "synthetic-subject")
-    result = check_report(report.build_report(paths), paths.root / "report_screenshots", workspace / "chromium")
+    result = check_report(report.build_report(paths), paths.report_screenshots, workspace / "chromium")
     return {**result, "root": paths.root}
 
 
@@ -130,7 +130,7 @@ def real_report(request, tmp_path_factory) -> dict:
     if not paths.report.is_file():
         pytest.skip(f"no {request.param} report at {paths.report}: run `python run_all.py --profile "
                     f"{request.param}` first")
-    result = check_report(paths.report, paths.root / "report_screenshots", tmp_path_factory.mktemp("chromium"))
+    result = check_report(paths.report, paths.report_screenshots, tmp_path_factory.mktemp("chromium"))
     return {**result, "root": paths.root}
 
 
