@@ -8,6 +8,9 @@
     python run_all.py --folds 1            # the single split only, no cross-validation
     python run_all.py --data /data/kaggle --external-data /data/oasis   # train on one set, also test on another
     python run_all.py --cohort-version 1   # the earlier synthetic cohort (no second site), for comparison
+
+Each data set and split policy gets its own run folder, outputs/<profile>/<data-name>-<split>/ (the synthetic cohort:
+outputs/cpu/synthetic-subject/); outputs/runs.csv and outputs/index.html list every run with its headline numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from alzlib import config, environment, freshness, runner
+from alzlib import config, environment, freshness, runner, runs
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {'' if arguments.profile else 'ALZ_PROFILE: '}{error}", file=sys.stderr)
         return 2
-    paths = config.output_paths(profile)
     data = str(arguments.data) if arguments.data else None
     external = str(arguments.external_data) if arguments.external_data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    paths = settings.paths  # the run folder, outputs/<profile>/<data-name>-<split>/, chosen once in alzlib.config
     try:
         steps = runner.select_notebooks(runner.discover_notebooks(), arguments.only, arguments.start)
     except (ValueError, FileNotFoundError) as error:
@@ -129,6 +132,7 @@ def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, 
     except runner.NotebookFailed as failure:
         print_warnings(runner.load_summary(paths))
         print(f"error: {failure}", file=sys.stderr)
+        runs.update_index()
         return 1
     print_warnings(summary)
     print(f"Done in {summary['total_seconds']:.0f} s{compared_with_estimate(summary)}. Timings: {paths.run_summary}")
@@ -139,6 +143,7 @@ def run_and_report(steps: list[runner.NotebookStep], paths: config.OutputPaths, 
         report.render_notebooks_html(paths.notebooks)
         report.build_report(paths)
         print(f"Report: {paths.report}")
+    print(f"Runs index: {runs.update_index()}")
     return 0
 
 

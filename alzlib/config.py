@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -206,7 +207,7 @@ def site_b_data_dir(profile: Profile) -> Path:
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """Every file and folder a run writes, under `outputs/<profile>/`."""
+    """Every file and folder a run writes, under its run folder `outputs/<profile>/<data-name>-<split>/`."""
 
     root: Path
 
@@ -279,6 +280,10 @@ class OutputPaths:
         return self.root / "report.html"
 
     @property
+    def report_screenshots(self) -> Path:
+        return self.root / "report_screenshots"
+
+    @property
     def run_summary(self) -> Path:
         return self.root / "run_summary.json"
 
@@ -287,10 +292,30 @@ class OutputPaths:
         return self.root / "run_metadata.json"
 
 
-def output_paths(profile: Profile | str) -> OutputPaths:
-    """Return the output paths of `profile`."""
+def data_name(data_dir: str | os.PathLike | None, profile: Profile | str) -> str:
+    """Return the short name of a data set: `synthetic` for the embedded cohort (`synthetic-v1` for its version 1),
+    else its folder's name as a slug."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    if data_dir is None or Path(data_dir).expanduser().resolve() == default_data_dir(profile).resolve():
+        return "synthetic" if profile.cohort_version == "2" else f"synthetic-v{profile.cohort_version}"
+    slug = re.sub(r"[^A-Za-z0-9._]+", "_", Path(data_dir).expanduser().resolve().name).strip("._")
+    return slug or "data"
+
+
+def run_name(data_dir: str | os.PathLike | None, profile: Profile | str, split: str = "subject") -> str:
+    """Return the run folder's name, `<data-name>-<split>` (e.g. `synthetic-subject`)."""
+    return f"{data_name(data_dir, profile)}-{split}"
+
+
+def output_paths(profile: Profile | str, data_dir: str | os.PathLike | None = None,
+                 split: str = "subject") -> OutputPaths:
+    """Return the output paths of one run: `outputs/<profile>/<data-name>-<split>/`.
+
+    Each data set and split policy gets its own run folder under the profile's, so a run on another data set never
+    replaces the last one; `outputs/<profile>/` stays the parent of every run of that profile.
+    """
     name = profile if isinstance(profile, str) else profile.name
-    return OutputPaths(outputs_root() / name)
+    return OutputPaths(outputs_root() / name / run_name(data_dir, profile, split))
 
 
 @dataclass(frozen=True)
@@ -370,7 +395,7 @@ def load_settings(
         epochs=resolved.epochs,
         weights=weights,
         deterministic=deterministic,
-        paths=output_paths(resolved),
+        paths=output_paths(resolved, data_dir, split),
         folds=resolved.folds if folds is None else folds,
         external_data=Path(external_data).expanduser() if external_data else None,
     )

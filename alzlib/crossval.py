@@ -7,10 +7,10 @@ Per fold every metric of notebook 09 is written; over the folds, the mean and st
 pooled out-of-fold predictions (every subject scored once, by the model that never saw it) with subject-bootstrap
 intervals.
 
-    outputs/<profile>/folds/<k>/{models,training,evaluation}/<model>...   one fold (k = 1..K)
-    outputs/<profile>/crossval/folds.csv                                  subject -> test fold
-    outputs/<profile>/crossval/<model>/oof_predictions.parquet, metrics.json, run.json
-    outputs/<profile>/crossval/fold_metrics.csv, summary.csv, summary.json
+    outputs/<profile>/<run>/folds/<k>/{models,training,evaluation}/<model>...   one fold (k = 1..K)
+    outputs/<profile>/<run>/crossval/folds.csv                                  subject -> test fold
+    outputs/<profile>/<run>/crossval/<model>/oof_predictions.parquet, metrics.json, run.json
+    outputs/<profile>/<run>/crossval/fold_metrics.csv, summary.csv, summary.json
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def fold_manifest(manifest: pd.DataFrame, assignment: pd.Series, fold: int, seed
 
 
 def fold_settings(settings: config.Settings, fold: int) -> config.Settings:
-    """Return the settings whose output paths are fold `fold`'s folder (outputs/<profile>/folds/<fold>/)."""
+    """Return the settings whose output paths are fold `fold`'s folder (outputs/<profile>/<run>/folds/<fold>/)."""
     return dataclasses.replace(settings, paths=config.OutputPaths(settings.paths.folds / str(fold)))
 
 

@@ -153,10 +153,10 @@ def load_predictor(model_path: str | Path) -> Predictor:
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(f"Model file {model_path} does not exist: expected a .keras file written by training "
-                                f"(outputs/<profile>/models/<name>.keras).")
+                                f"(outputs/<profile>/<run>/models/<name>.keras).")
     if model_path.suffix != ".keras":
         raise ValueError(f"{model_path} is not a .keras file: expected a model saved by training "
-                         f"(outputs/<profile>/models/<name>.keras).")
+                         f"(outputs/<profile>/<run>/models/<name>.keras).")
     _check_keras_archive(model_path)
     record = read_record(model_path)
     environment.quiet_tensorflow()

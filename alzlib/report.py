@@ -1,30 +1,35 @@
-"""The final report: one self-contained HTML file built only from the files earlier stages wrote."""
+"""The final report: one self-contained HTML file built only from the files earlier stages wrote.
+
+The page is rendered from the jinja2 template `templates/report.html.j2`; this module gathers what it shows. The first
+screen holds the headline table, the verdict (`report_headline`) and the checks panel (`report_checks`); then the
+model card, curated sections (figures first, one short table each), and a collapsed appendix with the CLAIM checklist
+(`report_card`) and links to every raw file.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import pandas as pd
+from markupsafe import Markup
 
-from alzlib import config, storage
+from alzlib import config, report_card, report_checks, report_headline, storage
 
 IMAGE_TYPES = {".png": (b"\x89PNG\r\n\x1a\n", "image/png"), ".jpg": (b"\xff\xd8\xff", "image/jpeg"),
                ".jpeg": (b"\xff\xd8\xff", "image/jpeg")}
-OPEN_TABLE_ROWS = 25
-MAX_TABLE_ROWS = 300
-MAX_LIST_ITEMS = 30
-MAX_JSON_DEPTH = 6
-RECORD_FIELDS = ("weights", "training_time_seconds", "best_epoch", "best_val_score", "parameters", "train_images",
-                 "train_subset")
-WIDE_FIGURE_PIXELS = 900
-CALIBRATION_WORDS = ("ece", "brier", "nll", "temperature")
+MAX_TABLE_ROWS = 40
+RAW_SUFFIXES = (".csv", ".json")
+# An absolute path inside a text: a slash not preceded by a word character, a dot, a colon or another slash (so URLs
+# and relative paths stay), then at least one folder.
+ABSOLUTE_PATH = re.compile(r"(?<![\w./:~-])/(?:[^\s/\"'<>()\[\]]+/)+[^\s/\"'<>()\[\],;]*")
+DATA_URI = re.compile(r"(data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+)")
 # The lab template loads require.js, MathJax and Mermaid from a CDN; the pages must open offline like the report.
 OFFLINE_NOTEBOOK_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
@@ -32,33 +37,33 @@ OFFLINE_NOTEBOOK_TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 """
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2330;
-       background: #f6f7f9; line-height: 1.45; }
-main { max-width: 1180px; margin: 0 auto; padding: 1.2rem 1.6rem 4rem; }
-h1 { font-size: 1.6rem; margin: 0.4rem 0; } h2 { border-bottom: 2px solid #d5dae3; padding-bottom: 0.2rem;
-     margin-top: 2.4rem; } h3 { margin-bottom: 0.3rem; }
-section { background: #fff; border-radius: 6px; padding: 0.4rem 1.2rem 1.2rem; margin-top: 1.2rem;
-          box-shadow: 0 1px 2px rgba(0,0,0,0.08); overflow-x: auto; }
-.banner { padding: 0.9rem 1.2rem; border-radius: 6px; margin: 0.8rem 0; font-weight: 600; }
-.synthetic { background: #fff1c2; border: 2px solid #c98a00; font-size: 1.1rem; }
-.clinical { background: #fde2e2; border: 2px solid #b42318; }
-.unknown { background: #e8eaf0; border: 2px solid #596174; }
-.missing { color: #8a1c1c; background: #fdf0f0; border-left: 4px solid #b42318; padding: 0.3rem 0.7rem; }
-.warning { background: #fff7e0; border-left: 4px solid #c98a00; padding: 0.4rem 0.8rem; }
-.muted { color: #667085; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.86rem; }
-.scroll { overflow-x: auto; max-width: 100%; }
-th, td { border: 1px solid #d5dae3; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
-thead th { background: #eef1f6; }
-table.kv > tbody > tr > th { background: #f3f5f9; white-space: nowrap; }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 1rem; }
-figure { margin: 0; } figure.wide { grid-column: 1 / -1; }
-figure img { max-width: 100%; height: auto; border: 1px solid #e1e4ea; background: #fff; }
-figcaption { font-size: 0.8rem; color: #475467; word-break: break-all; }
-details { margin: 0.4rem 0; } summary { cursor: pointer; color: #1d4ed8; }
-nav ol { columns: 2; font-size: 0.92rem; } code { background: #f0f2f5; padding: 0 0.2rem; }
-"""
+
+@dataclass(frozen=True)
+class Figure:
+    """One embedded image: its caption, data URI and path relative to the run folder."""
+
+    caption: str
+    uri: str
+    source: str
+
+
+@dataclass
+class Section:
+    """One curated section: a caption saying what to look at, figures, one short table, notes, collapsed extras."""
+
+    anchor: str
+    title: str
+    caption: str = ""
+    galleries: list[tuple[list[Figure], int]] = field(default_factory=list)
+    table: Markup | None = None
+    notes: list[str] = field(default_factory=list)
+    more: list[tuple[str, Markup]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def show(self, figures: list[Figure], columns: int) -> None:
+        """Add a grid of figures, `columns` wide on a desktop screen (one column on a phone)."""
+        if figures:
+            self.galleries.append((figures, columns))
 
 
 class _Context:
@@ -70,502 +75,279 @@ class _Context:
         self._cache: dict[Path, object] = {}
 
     def relative(self, path: Path) -> str:
-        """Return `path` relative to the outputs folder, as shown in the report."""
+        """Return `path` relative to the run folder, as shown in the report."""
         try:
             return Path(path).relative_to(self.root).as_posix()
         except ValueError:
-            return str(path)
+            return Path(path).name
 
     def note(self, path: Path | str, reason: str = "missing") -> str:
-        """Record a missing or unreadable input and return the marker shown where its content would be."""
+        """Record a missing or unreadable input and return the sentence shown where its content would be."""
         name = path if isinstance(path, str) else self.relative(path)
         self.problems.setdefault(name, reason)
         if self.problems[name] == "missing":
-            return f'<p class="missing">not run: {_text(name)} missing</p>'
-        return f'<p class="missing">could not read {_text(name)}: {_text(self.problems[name])}</p>'
+            return f"not run: {name} missing"
+        return f"could not read {name}: {self.problems[name]}"
 
-    def load(self, path: Path, reader: Callable[[Path], object]):
-        """Read `path` once with `reader`; None (and a recorded problem) when missing or unreadable."""
+    def load(self, path: Path, reader: Callable[[Path], object], required: bool = True):
+        """Read `path` once with `reader`; None (and, when required, a recorded problem) if missing or unreadable."""
         if path in self._cache:
             return self._cache[path]
         value = None
-        if not path.is_file():
-            self.note(path)
-        else:
+        if path.is_file():
             try:
                 value = reader(path)
             except (OSError, ValueError, KeyError, ImportError) as error:
                 self.note(path, f"{type(error).__name__}: {error}")
+        elif required:
+            self.note(path)
         self._cache[path] = value
         return value
 
-    def json(self, path: Path):
+    def json(self, path: Path, required: bool = True):
         """Return the parsed JSON file, or None when missing or unreadable."""
-        return self.load(path, lambda target: json.loads(target.read_text(encoding="utf-8")))
+        return self.load(path, lambda target: json.loads(target.read_text(encoding="utf-8")), required)
+
+    def csv(self, path: Path, required: bool = True) -> pd.DataFrame | None:
+        """Return the CSV file as a DataFrame, or None when missing or unreadable."""
+        return self.load(path, pd.read_csv, required)
+
+    def dict_file(self, name: str, required: bool = True) -> dict:
+        """Return a JSON object file under the run folder; an empty dict when missing, unreadable or not an object."""
+        value = self.json(self.root / name, required)
+        if value is not None and not isinstance(value, dict):
+            self.note(self.root / name, f"expected a JSON object, found {type(value).__name__}")
+        return value if isinstance(value, dict) else {}
 
 
-def _text(value) -> str:
-    """Escape any value for HTML text and attributes."""
-    return html.escape(str(value), quote=True)
+# --- small helpers ---------------------------------------------------------------------------------------------------
+
+def table_html(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> Markup:
+    """Render a DataFrame as an escaped HTML table inside its own horizontal scroll box."""
+    shown = frame.head(max_rows).map(lambda value: json.dumps(value) if isinstance(value, (dict, list)) else value)
+    table = shown.to_html(index=False, escape=True, border=0, na_rep="—", classes="data",
+                          float_format=lambda number: f"{number:.3g}")
+    hidden = len(frame) - max_rows
+    more = f'<p class="muted">{hidden} more rows in the linked file.</p>' if hidden > 0 else ""
+    return Markup(f'<div class="scroll">{table}</div>{more}')
 
 
-def _scalar(value) -> str:
-    """Format a scalar for display: 4 significant digits for floats, a dash for None."""
+def pairs_table(pairs: dict) -> Markup:
+    """Render a flat dict as a two-column table (nested values as compact JSON text, never nested tables)."""
+    return table_html(pd.DataFrame({"field": list(pairs), "value": [_flat_value(value) for value in pairs.values()]}))
+
+
+def _flat_value(value) -> str:
+    """Format a value on one line: floats to 4 significant digits, containers as compact JSON, None as a dash."""
     if value is None:
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def _frame_html(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Render a DataFrame as an escaped HTML table (without its index), noting rows left out."""
-    table = frame.head(max_rows).to_html(index=False, escape=True, border=0, na_rep="—", classes="data",
-                                         float_format=lambda number: f"{number:.4g}")
-    hidden = len(frame) - max_rows
-    # Wide tables scroll inside their own box instead of widening the page.
-    return f'<div class="scroll">{table}</div>' + (
-        f'<p class="muted">{hidden} more rows not shown.</p>' if hidden > 0 else "")
-
-
-def _json_list_html(items: list, depth: int) -> str:
-    """Render a JSON list: records as a table, scalars inline, anything else as an ordered list."""
-    if not items:
-        return '<span class="muted">(none)</span>'
-    if all(isinstance(item, dict) for item in items):
-        frame = pd.DataFrame([{key: _scalar(value) if not isinstance(value, (dict, list)) else json.dumps(value)
-                               for key, value in item.items()} for item in items])
-        return _frame_html(frame, max_rows=MAX_LIST_ITEMS)
-    shown = items[:MAX_LIST_ITEMS]
-    more = f' <span class="muted">… {len(items) - len(shown)} more</span>' if len(items) > len(shown) else ""
-    if all(not isinstance(item, (dict, list)) for item in items):
-        return _text(", ".join(_scalar(item) for item in shown)) + more
-    return "<ol>" + "".join(f"<li>{_json_html(item, depth + 1)}</li>" for item in shown) + "</ol>" + more
-
-
-def _json_html(value, depth: int = 0) -> str:
-    """Render any JSON value as nested escaped HTML tables."""
-    if isinstance(value, dict):
-        if not value:
-            return '<span class="muted">(empty)</span>'
-        if depth >= MAX_JSON_DEPTH:
-            return f"<code>{_text(json.dumps(value)[:2000])}</code>"
-        rows = "".join(f"<tr><th>{_text(key)}</th><td>{_json_html(item, depth + 1)}</td></tr>"
-                       for key, item in value.items())
-        return f'<table class="kv"><tbody>{rows}</tbody></table>'
-    if isinstance(value, list):
-        return _json_list_html(value, depth)
-    return _text(_scalar(value))
-
-
-def _details(summary: str, body: str, open_: bool = False) -> str:
-    """Wrap `body` in a collapsible block titled `summary` (plain text)."""
-    return f"<details{' open' if open_ else ''}><summary>{_text(summary)}</summary>{body}</details>"
-
-
-def _image_html(context: _Context, path: Path, caption: str | None = None) -> str:
-    """Embed an image file as a base64 data URI with its caption; a marker when it cannot be read."""
+def _image(context: _Context, path: Path, caption: str) -> Figure | None:
+    """Return an image file as an embedded Figure; None (with a recorded problem) when missing or not an image."""
     signature, mime = IMAGE_TYPES[path.suffix.lower()]
     data = context.load(path, lambda target: target.read_bytes())
     if data is None:
-        return context.note(path)
-    if not data.startswith(signature):
-        return context.note(path, f"not a valid {path.suffix.lstrip('.').upper()} file")
-    encoded = base64.b64encode(data).decode("ascii")
-    label = caption or context.relative(path)
-    # Wide figures (grids of panels) get a whole gallery row so their panels stay legible.
-    wide = mime == "image/png" and int.from_bytes(data[16:20], "big") > WIDE_FIGURE_PIXELS
-    css_class = ' class="wide"' if wide else ""
-    return (f'<figure{css_class}><img src="data:{mime};base64,{encoded}" alt="{_text(label)}" loading="eager">'
-            f"<figcaption>{_text(label)}</figcaption></figure>")
-
-
-def _gallery(context: _Context, paths: list[Path]) -> str:
-    """Return a grid of embedded images."""
-    return '<div class="gallery">' + "".join(_image_html(context, path) for path in paths) + "</div>" if paths else ""
-
-
-def _stage_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Return the files under `folder` with these suffixes, sorted, skipping temporaries and TensorBoard logs."""
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in suffixes
-                  and not path.name.startswith(".") and "tensorboard" not in path.relative_to(folder).parts)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """Return the embeddable images under `folder`."""
-    return _stage_files(folder, tuple(IMAGE_TYPES))
-
-
-def _csv_html(context: _Context, path: Path) -> str:
-    """Render a CSV file as a table: open when short, collapsed when long."""
-    frame = context.load(path, pd.read_csv)
-    if frame is None:
-        return context.note(path)
-    title = f"{context.relative(path)} ({len(frame)} rows)"
-    return _details(title, _frame_html(frame), open_=len(frame) <= OPEN_TABLE_ROWS)
-
-
-def _json_file_html(context: _Context, path: Path, open_: bool = False) -> str:
-    """Render a JSON file as nested tables inside a collapsible block."""
-    value = context.json(path)
-    return context.note(path) if value is None else _details(context.relative(path), _json_html(value), open_=open_)
-
-
-def _stage_html(context: _Context, folder: Path, skip: tuple[Path, ...] = ()) -> str:
-    """Render every table, JSON record and image a stage wrote; a marker when the stage folder is empty."""
-    tables = [path for path in _stage_files(folder, (".csv",)) if path not in skip]
-    records = [path for path in _stage_files(folder, (".json",)) if path not in skip]
-    images = [path for path in _images_in(folder) if path not in skip]
-    if not (tables or records or images):
-        return context.note(f"{context.relative(folder)}/ (tables and figures)")
-    parts = [_csv_html(context, path) for path in tables]
-    parts += [_json_file_html(context, path, open_=True) for path in records]
-    return "".join(parts) + _gallery(context, images)
-
-
-def _dict_file(context: _Context, name: str) -> dict | None:
-    """Return a JSON object file under the outputs folder; None when missing, unreadable or not an object."""
-    path = context.root / name
-    value = context.json(path)
-    if value is not None and not isinstance(value, dict):
-        context.note(path, f"expected a JSON object, found {type(value).__name__}")
         return None
-    return value
+    if not data.startswith(signature):
+        context.note(path, f"not a valid {path.suffix.lstrip('.').upper()} file")
+        return None
+    return Figure(caption, f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", context.relative(path))
 
 
-def _ingestion(context: _Context) -> dict | None:
-    """Return the ingestion report (or None)."""
-    return _dict_file(context, "ingestion_report.json")
+def _figures(context: _Context, paths: list[tuple[Path, str]]) -> list[Figure]:
+    """Return the Figures of (path, caption) pairs that could be read."""
+    return [figure for path, caption in paths if (figure := _image(context, path, caption)) is not None]
 
 
-def _metadata_and_source(context: _Context) -> tuple[dict | None, str | None]:
-    """Return the run metadata and the file it came from: run_metadata.json, else a recipe record's `run` entry."""
-    metadata = _dict_file(context, "run_metadata.json")
-    if metadata is not None:
-        return metadata, "run_metadata.json"
-    # Training records the same environment.run_metadata dict in each recipe record, so a run whose
-    # run_metadata.json is missing can still state its settings, commit and versions, with the source named.
-    for name, record in _records(context).items():
-        if isinstance(record.get("run"), dict):
-            return record["run"], f"models/{name}.json"
-    return None, None
+def _show(context: _Context, section: Section, paths: list[tuple[Path, str]], columns: int) -> None:
+    """Add the readable figures of (path, caption) pairs to `section`; note the unreadable ones in place."""
+    section.show(_figures(context, paths), columns)
+    section.missing += [context.note(path) for path, _ in paths
+                        if path.is_file() and context.problems.get(context.relative(path), "missing") != "missing"]
 
 
-def _metadata(context: _Context) -> dict | None:
-    """Return the run metadata (or None)."""
-    return _metadata_and_source(context)[0]
+def _gallery(figures: list[Figure], columns: int = 3) -> Markup:
+    """Return a collapsed-block body: a grid of figures."""
+    cells = "".join(f'<figure><img src="{figure.uri}" alt="{Markup.escape(figure.caption)}"><figcaption>'
+                    f"{Markup.escape(figure.caption)}</figcaption></figure>" for figure in figures)
+    return Markup(f'<div class="gallery cols-{columns}">{cells}</div>')
 
 
-def _is_synthetic(context: _Context) -> bool | None:
-    """Return whether the data are synthetic, from the ingestion report or run metadata; None when unknown."""
-    source = (_ingestion(context) or {}).get("data_source")
-    if isinstance(source, dict) and "synthetic" in source:
-        return bool(source["synthetic"])
-    settings = (_metadata(context) or {}).get("settings")
-    return bool(settings["synthetic"]) if isinstance(settings, dict) and "synthetic" in settings else None
+def _models(context: _Context) -> list[str]:
+    """Return the models with evaluation results, in headline order."""
+    folder = context.root / "evaluation"
+    found = [path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("external")] \
+        if folder.is_dir() else []
+    records = [path.stem for path in (context.root / "models").glob("*.json")]
+    return report_headline.ordered_models([*found, *records])
 
 
-def _recorded_models(context: _Context) -> list[str]:
-    """Return the models expected in this run: the configured ones plus any with records or results."""
-    found = [path.stem for path in _stage_files(context.root / "models", (".json",))]
-    evaluated = [path.name for path in sorted((context.root / "evaluation").glob("*")) if path.is_dir()]
-    return list(dict.fromkeys([*config.MODEL_NAMES, config.CONTROL_MODEL_NAME, *found, *evaluated]))
+def _short_weights(text: str | None) -> str:
+    """Shorten a recipe record's weights text: 'ImageNet', 'random (ImageNet unavailable)' or 'random'."""
+    text = str(text or "")
+    if text.startswith("imagenet"):
+        return "ImageNet"
+    return "random (ImageNet unavailable)" if "unavailable" in text else "random" if text else "—"
 
 
 def _records(context: _Context) -> dict[str, dict]:
-    """Return the recipe record of every expected model that has one."""
-    records = {}
-    for name in _recorded_models(context):
-        record = context.json(context.root / "models" / f"{name}.json")
+    """Return the recipe record of every model that has one."""
+    found = {}
+    for name in _models(context):
+        record = context.json(context.root / "models" / f"{name}.json", required=name in config.MODEL_NAMES)
         if isinstance(record, dict):
-            records[name] = record
-    return records
+            found[name] = record
+    return found
 
 
-def _run_metadata_section(context: _Context) -> str:
-    """Profile, seed, data source, split policy, commit, versions, hardware, weights, determinism, timings."""
-    metadata, source = _metadata_and_source(context)
-    ingestion = _ingestion(context) or {}
-    parts = [] if source == "run_metadata.json" else [context.note(context.root / "run_metadata.json")]
-    if metadata is not None and source != "run_metadata.json":
-        parts.append(f'<p class="muted">Run metadata below is taken from {_text(source)} (recorded at training).</p>')
-    settings = (metadata or {}).get("settings")
-    settings = settings if isinstance(settings, dict) else {}
-    summary = {
-        "profile": settings.get("profile", context.root.name), "seed": settings.get("seed"),
-        "data source": ingestion.get("data_source"), "data folder": ingestion.get("data_dir", settings.get("data_dir")),
-        "split policy": ingestion.get("split_policy", settings.get("split")), "epochs": settings.get("epochs"),
-        "weights setting": settings.get("weights"), "determinism": settings.get("deterministic"),
-        "git commit": (metadata or {}).get("git_commit"),
-        "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    parts.append(_json_html(summary))
-    weights = {name: record.get("weights") for name, record in _records(context).items()}
-    parts.append("<h3>Weights used per model</h3>" + (_json_html(weights) if weights else
-                                                       '<p class="muted">No model records found.</p>'))
-    for key, title in (("libraries", "Library versions"), ("hardware", "Hardware"), ("profile", "Profile budget")):
-        if metadata and key in metadata:
-            parts.append(_details(title, _json_html(metadata[key]), open_=key != "profile"))
-    run_summary = context.json(context.root / "run_summary.json")
-    parts.append("<h3>Notebook run times</h3>" + (_json_html(run_summary) if run_summary is not None
-                                                    else context.note(context.root / "run_summary.json")))
-    return "".join(parts)
+# --- first screen ----------------------------------------------------------------------------------------------------
+
+def _is_synthetic(context: _Context) -> bool | None:
+    """Return whether the data are synthetic, from the ingestion report or run metadata; None when unknown."""
+    source = context.dict_file("ingestion_report.json").get("data_source")
+    if isinstance(source, dict) and "synthetic" in source:
+        return bool(source["synthetic"])
+    settings = _metadata(context)[0].get("settings")
+    return bool(settings["synthetic"]) if isinstance(settings, dict) and "synthetic" in settings else None
 
 
-def _flat_table(crosstab: pd.DataFrame) -> pd.DataFrame:
-    """Turn a crosstab's index into its first column so the HTML table has one header row."""
-    return crosstab.rename_axis(columns=None).reset_index()
-
-
-def _manifest_html(context: _Context) -> str:
-    """Images per split and class, and subjects per split, from the manifest."""
-    path = context.root / "manifest.parquet"
-    manifest = context.load(path, pd.read_parquet)
-    if manifest is None:
-        return context.note(path)
-    if not {"split", "label"}.issubset(manifest.columns):
-        return context.note(path, "no split and label columns")
-    images = pd.crosstab(manifest["split"], manifest["label"], margins=True, margins_name="all")
-    parts = ["<h3>Images per split and class (manifest.parquet)</h3>", _frame_html(_flat_table(images))]
-    if "subject_id" in manifest.columns:
-        subjects = pd.crosstab(manifest["split"], manifest["label"], values=manifest["subject_id"], aggfunc="nunique")
-        parts += ["<h3>Subjects per split and class</h3>", _frame_html(_flat_table(subjects.fillna(0).astype(int)))]
-    return "".join(parts)
-
-
-def _data_section(context: _Context) -> str:
-    """Data source, counts, skipped files, split policy and warnings, and the leakage audit."""
-    ingestion = _ingestion(context)
-    parts = [_manifest_html(context)]
-    if ingestion is None:
-        return context.note(context.root / "ingestion_report.json") + "".join(parts)
-    for warning in ingestion.get("split_warnings") or []:
-        parts.insert(0, f'<p class="warning">Split warning: {_text(warning)}</p>')
-    keys = ("data_dir", "data_source", "classes", "task", "split_policy", "counts")
-    shown = {key: ingestion.get(key) for key in keys}
-    parts.append("<h3>Ingestion</h3>" + _json_html(shown))
-    skipped = ingestion.get("skipped") or []
-    parts.append(f"<h3>Skipped files ({len(skipped)})</h3>" + _json_html(skipped))
-    parts.append("<h3>Leakage audit</h3>" + _json_html(ingestion.get("leakage_audit")))
-    rest = {key: value for key, value in ingestion.items() if key not in {*shown, "skipped", "leakage_audit",
-                                                                           "split_warnings"}}
-    if rest:
-        parts.append(_details("Other ingestion fields", _json_html(rest)))
-    return "".join(parts)
-
-
-def _eda_section(context: _Context) -> str:
-    """The shortcut audit first, then every EDA table and figure."""
-    folder = context.root / "eda"
-    audit_path = folder / "shortcut_audit.json"
-    audit = context.json(audit_path)
-    parts = ["<h3>Shortcut audit</h3>"]
-    if audit is None:
-        parts.append(context.note(audit_path))
-    else:
-        if isinstance(audit, dict) and audit.get("warning"):
-            parts.append(f'<p class="warning">{_text(audit["warning"])}</p>')
-        parts.append(_json_html(audit))
-    parts.append("<h3>Tables and figures</h3>" + _stage_html(context, folder, skip=(audit_path,)))
-    return "".join(parts)
-
-
-def _training_section(context: _Context) -> str:
-    """Recipe records and training curves of every model."""
-    records = _records(context)
-    parts = []
-    if records:
-        fields = [field for field in RECORD_FIELDS if any(field in record for record in records.values())]
-        rows = [{"model": name, **{field: record.get(field) for field in fields}} for name, record in records.items()]
-        frame = pd.DataFrame(rows).map(lambda value: json.dumps(value) if isinstance(value, (dict, list)) else value)
-        parts.append(_frame_html(frame))
-    for name in _recorded_models(context):
-        folder = context.root / "training" / name
-        parts.append(f"<h3>{_text(name)}</h3>")
-        if name not in records:
-            parts.append(context.note(context.root / "models" / f"{name}.json"))
-            continue
-        parts.append(_details("recipe record", _json_html(records[name])))
-        if records[name].get("framework") == "scikit-learn":
-            continue  # fitted in one call: no epochs, no curves
-        images = _images_in(folder)
-        parts.append(_gallery(context, images) if images else context.note(folder / "curves.png"))
-    return "".join(parts)
-
-
-def _evaluated_models(context: _Context) -> list[str]:
-    """Return the models that should have evaluation results: those with a record or an evaluation folder."""
-    names = list(_records(context))
-    names += [path.name for path in sorted((context.root / "evaluation").glob("*")) if path.is_dir()]
-    return list(dict.fromkeys(names))
-
-
-def _evaluation_images(context: _Context, name: str, words: tuple[str, ...]) -> list[Path]:
-    """Return a model's evaluation images whose file names contain one of `words`."""
-    return [path for path in _images_in(context.root / "evaluation" / name)
-            if any(word in path.name.lower() for word in words)]
-
-
-def _metrics_section(context: _Context) -> str:
-    """The summary table with intervals, then each model's metrics, tables and remaining figures."""
-    summary_path = context.root / "evaluation" / "summary.csv"
-    parts = [_csv_html(context, summary_path)]
-    parts += [_json_file_html(context, path) for path in sorted((context.root / "evaluation").glob("*.json"))]
-    for name in _evaluated_models(context):
-        folder = context.root / "evaluation" / name
-        metrics_path = folder / "metrics.json"
-        parts.append(f"<h3>{_text(name)}</h3>")
-        parts.append(_json_file_html(context, metrics_path) if metrics_path.is_file() else context.note(metrics_path))
-        parts += [_csv_html(context, path) for path in _stage_files(folder, (".csv",))]
-        shown_elsewhere = ("confusion", "reliab", "calibration")
-        parts.append(_gallery(context, [path for path in _images_in(folder)
-                                        if not any(word in path.name.lower() for word in shown_elsewhere)]))
-    return "".join(parts)
-
-
-def _flatten(value, prefix: str = "") -> dict:
-    """Flatten nested dicts into 'a.b.c' keys."""
-    if not isinstance(value, dict):
-        return {prefix: value}
-    flat = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _per_model_figures(context: _Context, words: tuple[str, ...], expected_name: str, with_scores: bool) -> str:
-    """One block per evaluated model: its figures matching `words`, and (optionally) matching metric values."""
-    parts = []
-    for name in _evaluated_models(context):
-        parts.append(f"<h3>{_text(name)}</h3>")
-        if with_scores:
-            metrics = context.json(context.root / "evaluation" / name / "metrics.json")
-            # Scalars only: the reliability bins behind the figure would be a long table here.
-            scores = {key: value for key, value in _flatten(metrics or {}).items()
-                      if not isinstance(value, (list, dict)) and any(word in key.lower() for word in CALIBRATION_WORDS)}
-            parts.append(_json_html(scores) if scores else "")
-        images = _evaluation_images(context, name, words)
-        parts.append(_gallery(context, images) if images else
-                     context.note(context.root / "evaluation" / name / expected_name))
-    return "".join(parts) or context.note("evaluation/")
-
-
-def _gradcam_section(context: _Context) -> str:
-    """Grad-CAM panels, the randomisation sanity check and localisation scores."""
-    return _stage_html(context, context.root / "gradcam")
-
-
-def _notebooks_section(context: _Context) -> str:
-    """Links to the executed notebooks rendered to HTML beside the report."""
-    folder = context.root / "notebooks"
-    pages = _stage_files(folder, (".html",))
-    unrendered = [path.name for path in _stage_files(folder, (".ipynb",)) if not path.with_suffix(".html").is_file()]
-    parts = [context.note("notebooks/*.html")] if not pages else []
-    links = "".join(f'<li><a href="{_text(quote(context.relative(page)))}">{_text(page.stem)}</a></li>'
-                    for page in pages)
-    parts.append(f"<ul>{links}</ul>" if links else "")
-    if unrendered:
-        parts.append(f'<p class="muted">Executed but not rendered to HTML: {_text(", ".join(unrendered))}</p>')
-    return "".join(parts)
-
-
-def _limitations_section(context: _Context) -> str:
-    """What these results cannot show, stated plainly."""
+def _data_line(context: _Context) -> dict:
+    """Return the first screen's data line: synthetic or real, size, split policy, and a CSS class."""
     synthetic = _is_synthetic(context)
-    audit = context.json(context.root / "eda" / "shortcut_audit.json")
-    items = ["Research code only: nothing in this report is for clinical use, diagnosis or patient management.",
-             "Models see single 2D slices of 3D scans; neighbouring slices of one scan are nearly identical, so only a "
-             "split by subject measures generalisation to new people. Slice-level splits inflate accuracy.",
-             "Labels come from the data set's folders or files, not from a verified clinical diagnosis made for this "
-             "study; the classes are imbalanced and the rarest class has few subjects, so its scores are uncertain.",
-             "Confidence intervals reflect the test set's size; a small test set gives wide intervals and model "
-             "differences inside them are not evidence that one model is better.",
-             "Grad-CAM maps show what a model's prediction depends on, not why a disease is present; read them with "
-             "the randomisation sanity check."]
-    if synthetic:
-        items.insert(0, "The data are SYNTHETIC: generated images with atrophy applied by a program. The results show "
-                        "the pipeline works end to end; they say nothing about performance on real patients.")
-    elif synthetic is None:
-        items.insert(0, "The data source is unknown (ingestion report missing): treat every number as unverified.")
-    if isinstance(audit, dict) and audit.get("warning"):
-        items.append(f"Shortcut audit: {audit['warning']}")
-    items += [f"Split warning: {warning}" for warning in (_ingestion(context) or {}).get("split_warnings") or []]
-    return "<ul>" + "".join(f"<li>{_text(item)}</li>" for item in items) + "</ul>"
+    ingestion = context.dict_file("ingestion_report.json")
+    counts = ingestion.get("counts") or {}
+    size = f"{counts.get('images', '?')} images of {counts.get('subjects', '?')} subjects, " \
+           f"{len(ingestion.get('classes') or []) or '?'} classes" if counts else "size unknown"
+    kind = ("SYNTHETIC data (generated images, no patient)" if synthetic else
+            "REAL images" if synthetic is False else "Data source UNKNOWN")
+    policy = ingestion.get("split_policy") or context.dict_file("run_metadata.json").get("split_policy") or "?"
+    fractions = ingestion.get("split_fractions")
+    split = f"{policy}-level split" + (f" {'/'.join(str(round(100 * part)) for part in fractions)}"
+                                       if isinstance(fractions, list) else "")
+    leaky = policy in config.LEAKY_SPLIT_POLICIES
+    return {"kind": kind, "size": size, "split": split + (" — LEAKS BY DESIGN: every number is inflated" if leaky
+                                                           else ""),
+            "css": "synthetic" if synthetic else "unknown" if synthetic is None or leaky else "real"}
 
 
-def _leakage_section(context: _Context) -> str:
-    """The random-label control's verdict, the leakage demonstration table and the run split's audit verdict."""
-    parts = []
-    summary = context.json(context.root / "evaluation" / "summary.json")
-    control = summary.get("random_label_control") if isinstance(summary, dict) else None
-    if isinstance(control, dict) and "verdict" in control:
-        parts.append(f"<p><strong>Random-label control</strong> (one random label per subject, scored on those "
-                     f"labels; Yagis et al. 2021): test balanced accuracy {control['estimate']:.3f} "
-                     f"[{control['low']:.3f}, {control['high']:.3f}] against chance {control['chance']:.3f}: "
-                     f"{_text(control['verdict'])}. {_text(control.get('power_note', '').capitalize())}.</p>")
-    elif isinstance(control, dict):
-        parts.append(f"<p>Random-label control not checked: {_text(control.get('skipped', ''))}</p>")
-    demonstration = context.json(context.root / "evaluation" / "leakage_demonstration.json")
-    if isinstance(demonstration, dict):
-        from alzlib import controls
-
-        inflation = demonstration.get("inflation") or {}
-        parts.append("<p><strong>Leakage demonstration</strong>: the baseline CNN under the control budget "
-                     f"({_text(demonstration['budget']['epochs'])} epochs at "
-                     f"{_text(demonstration['budget'].get('image_size', '?'))} px, no augmentation, no dropout, "
-                     f"constant learning rate {demonstration['budget']['learning_rate']}, last epoch kept), test "
-                     "balanced accuracy with 95% "
-                     "subject-bootstrap intervals. A slice split puts slices of one subject on both sides.</p>")
-        parts.append(_frame_html(controls.demonstration_table(demonstration)))
-        parts.append(f"<p>{_text(demonstration['verdict'])}"
-                     + (f" Accuracy a slice split adds with true labels: {inflation['slice_minus_subject']:+.3f}."
-                        if inflation else "") + "</p>")
-    audit = ((_ingestion(context) or {}).get("leakage_audit") or {})
-    policy = (_ingestion(context) or {}).get("split_policy")
-    in_use = audit.get(policy) if isinstance(audit, dict) else None
-    if isinstance(in_use, dict):
-        tripped = ", ".join(in_use.get("tripped_by") or []) or "nothing"
-        parts.append(f"<p><strong>Leakage audit of this run's {_text(policy)} split</strong>: "
-                     f"{'LEAKS' if in_use.get('leaks') else 'no leak found'} (tripped by: {_text(tripped)}).</p>")
-    return "".join(parts) or context.note(context.root / "evaluation" / "leakage_demonstration.json")
+def _headline(context: _Context) -> dict:
+    """Return the headline table, the verdict and the control's reading."""
+    table = report_headline.headline_table(context.root)
+    if table.empty:
+        context.note(context.root / "evaluation" / "summary.csv")
+    return {"table": table_html(table) if not table.empty else None,
+            "verdict": report_headline.verdict(context.root),
+            "missing": "not run: evaluation/summary.csv missing" if table.empty else ""}
 
 
-PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated: pooled out-of-fold predictions, every subject"),
-                ("paired_differences.csv", "single split: the test subjects"))
+# --- curated sections ------------------------------------------------------------------------------------------------
+
+def _split_table(context: _Context) -> Markup | None:
+    """Images (subjects) per split and class from the manifest."""
+    manifest = context.load(context.root / "manifest.parquet", pd.read_parquet)
+    if manifest is None or not {"split", "label", "subject_id"} <= set(manifest.columns):
+        return None
+    images = pd.crosstab(manifest["label"], manifest["split"])
+    subjects = pd.crosstab(manifest["label"], manifest["split"], values=manifest["subject_id"], aggfunc="nunique")
+    cells = images.astype(str) + " (" + subjects.fillna(0).astype(int).astype(str) + ")"
+    ordered = [split for split in config.SPLITS if split in cells.columns]
+    return table_html(cells[ordered].rename_axis(columns=None).reset_index().rename(columns={"label": "class"}))
+
+
+def _data_section(context: _Context) -> Section:
+    """Class balance and sample images, images (subjects) per split, the shortcut audit, skipped files."""
+    eda, ingestion = context.root / "eda", context.dict_file("ingestion_report.json")
+    section = Section("data", "Data and splits", "Every class should appear in every split with several subjects; "
+                      "the sample grid should look like brain slices, and the shortcut audit should find nothing.",
+                      table=_split_table(context))
+    _show(context, section, [(eda / "class_distribution.png", "Images and subjects per class"),
+                             (eda / "sample_grid.png", "Sample slices per class")], 2)
+    audit = context.dict_file("eda/shortcut_audit.json")
+    section.notes += [audit["sentence"]] if audit.get("sentence") else []
+    section.notes += [f"Split warning: {warning}" for warning in ingestion.get("split_warnings") or []]
+    skipped = ingestion.get("skipped") or []
+    section.notes.append(f"Skipped files: {len(skipped)}." if ingestion else context.note("ingestion_report.json"))
+    if skipped:
+        section.more.append((f"Skipped files ({len(skipped)})", table_html(pd.DataFrame(skipped))))
+    extra = _figures(context, [(eda / "slices_per_subject.png", "Slices per subject"),
+                               (eda / "intensity_histograms.png", "Intensity histograms per class"),
+                               (context.root / "features" / "map_pixels.png", "Feature map: pixels"),
+                               (context.root / "features" / "map_patch_kmeans.png", "Feature map: patch k-means")])
+    section.more += [("More data figures (slices per subject, intensities, feature maps)", _gallery(extra, 2))] \
+        if extra else []
+    return section
+
+
+def _training_table(records: dict[str, dict]) -> Markup | None:
+    """One row per model: weights, epochs, best epoch, training time, parameters, training images."""
+    if not records:
+        return None
+    rows = [{"model": name, "weights": _short_weights(record.get("weights")),
+             "epochs run": record.get("epochs_run"), "best epoch": record.get("best_epoch"),
+             "training s": record.get("training_seconds", record.get("training_time_seconds")),
+             "trainable parameters": record.get("trainable_parameters", record.get("parameters")),
+             "train images": record.get("train_images")} for name, record in records.items()]
+    return table_html(pd.DataFrame(rows))
+
+
+def _training_section(context: _Context) -> Section:
+    """Training curves of each deep model and the recipe summary table."""
+    records = _records(context)
+    section = Section("training", "Training", "Validation loss should level off; a validation loss that rises "
+                      "while training loss falls is overfitting. The table shows which weights each model started "
+                      "from.", table=_training_table(records))
+    curves = [(context.root / "training" / name / "curves.png", f"{name}: loss and balanced accuracy per epoch")
+              for name, record in records.items() if record.get("framework") != "scikit-learn"
+              and (context.root / "training" / name / "curves.png").is_file()]
+    _show(context, section, curves, 2)
+    missing = [name for name in records if name in config.MODEL_NAMES
+               and not (context.root / "training" / name / "curves.png").is_file()]
+    section.missing += [context.note(context.root / "training" / name / "curves.png") for name in missing]
+    return section
+
+
+METRIC_COLUMNS = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1", "macro_auc": "macro AUC",
+                  "quadratic_kappa": "quadratic kappa", "ece": "ECE", "ece_after_temperature": "ECE after T",
+                  "temperature": "temperature"}
+
+
+def _metrics_table(context: _Context) -> Markup | None:
+    """Test metrics per model at slice level (intervals are in the headline table and the linked CSV)."""
+    summary = context.csv(context.root / "evaluation" / "summary.csv")
+    if summary is None or "model" not in summary:
+        return None
+    rows = summary[(summary.get("split", "test") == "test") & (summary["level"] == "slice")]
+    columns = [column for column in METRIC_COLUMNS if column in rows.columns]
+    return table_html(rows[["model", *columns]].rename(columns=METRIC_COLUMNS).round(3))
+
+
+def _evaluation_section(context: _Context) -> Section:
+    """Confusion matrices and reliability diagrams of every model, then the test metrics table."""
+    section = Section("evaluation", "Test performance and calibration", "Each confusion matrix should be heaviest "
+                      "on its diagonal (subject level: one soft vote per person); in each reliability diagram, bars "
+                      "close to the diagonal mean the stated probabilities can be taken at face value.",
+                      table=_metrics_table(context))
+    folder = context.root / "evaluation"
+    models = [name for name in _models(context) if (folder / name).is_dir()]
+    confusion = [(folder / name / "confusion_test_subject.png", f"{name}: confusion, test subjects")
+                 for name in models]
+    reliability = [(folder / name / "reliability_test.png", f"{name}: reliability, test slices") for name in models]
+    _show(context, section, confusion, 3)
+    _show(context, section, reliability, 5)
+    section.missing += [context.note(path) for path, _ in (*confusion, *reliability) if not path.is_file()]
+    roc = _figures(context, [(folder / name / "roc_test.png", f"{name}: ROC, test") for name in models])
+    section.more += [("ROC curves", _gallery(roc, 4))] if roc else []
+    return section
+
+
 PAIRED_COLUMNS = ("model_a", "model_b", "level", "subjects", "difference", "low", "high", "p_value_holm", "supported")
 
 
-def _crossval_html(context: _Context) -> str:
-    """Which models were cross-validated, how, and their table (subject level: mean +- sd over folds, pooled)."""
-    from alzlib import crossval
-
-    summary = context.json(context.root / "crossval" / "summary.json")
-    if not isinstance(summary, dict):
-        return ""
-    if summary.get("folds", 1) < 2:
-        return f"<p><strong>Cross-validation</strong>: {_text(summary.get('note', 'not run'))}</p>"
-    models = summary.get("models") or []
-    single = [name for name in _evaluated_models(context) if name not in models and name != config.CONTROL_MODEL_NAME]
-    parts = [f"<p><strong>{summary['folds']}-fold subject-level cross-validation</strong> (scikit-learn "
-             "StratifiedGroupKFold over subjects, stratified by class; validation carved from the training folds by "
-             f"subject) of {_text(', '.join(models) or 'no model')}. Subject level: each subject's soft vote; mean "
-             "and standard deviation over the folds, and the pooled out-of-fold score with its 95% subject-bootstrap "
-             "interval."
-             + (f" Scored on the single split only (the profile's time budget): {_text(', '.join(single))}."
-                if single else "") + "</p>"]
-    table = crossval.summary_table(summary, "subject")
-    if len(table):
-        parts.append(_frame_html(table))
-    notes = [note for entries in (summary.get("notes") or {}).values() for note in entries]
-    notes += [f"{entry['model']}: {entry['reason']}" for entry in summary.get("skipped") or []]
-    if notes:
-        parts.append("<ul>" + "".join(f"<li>{_text(note)}</li>" for note in dict.fromkeys(notes)) + "</ul>")
-    return "".join(parts)
-
-
-def _baseline_verdicts(frame: pd.DataFrame) -> list[str]:
+def baseline_verdicts(frame: pd.DataFrame) -> list[str]:
     """Return one plain sentence per deep model paired with the linear baseline: does it beat it beyond chance?"""
     from alzlib import linear
 
@@ -586,104 +368,322 @@ def _baseline_verdicts(frame: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _paired_html(context: _Context) -> str:
-    """Each paired-difference table (cross-validated first), its sentences, and the verdicts against linear_pixels."""
-    parts = []
-    for name, caption in PAIRED_FILES:
-        path = context.root / "comparison" / name
-        if not path.is_file():
-            continue
-        frame = context.load(path, pd.read_csv)
-        if frame is None or frame.empty:
-            continue
-        parts.append(f"<h3>Paired differences in balanced accuracy, {_text(caption)}</h3>"
-                     "<p>Model A minus model B on the same subjects; 95% interval from a paired bootstrap that "
-                     "resamples subjects within each class; Holm-corrected across pairs. A difference is supported "
-                     "when its Holm-adjusted p-value is below 0.05 and its 95% interval excludes 0.</p>")
+def _crossval_note(context: _Context) -> tuple[str, Markup | None]:
+    """Return a sentence on cross-validation and its subject-level table (None without cross-validation)."""
+    from alzlib import crossval
+
+    summary = context.json(context.root / "crossval" / "summary.json", required=False)
+    if not isinstance(summary, dict):
+        return "", None
+    if summary.get("folds", 1) < 2:
+        return f"Cross-validation: {summary.get('note', 'not run')}", None
+    models = ", ".join(summary.get("models") or []) or "no model"
+    table = crossval.summary_table(summary, "subject")
+    notes = [note for entries in (summary.get("notes") or {}).values() for note in entries]
+    return (f"{summary['folds']}-fold subject-level cross-validation (StratifiedGroupKFold over subjects) of "
+            f"{models}; the other models are scored on the single split only."
+            + (f" Notes: {'; '.join(dict.fromkeys(notes))}." if notes else ""),
+            table_html(table) if len(table) else None)
+
+
+def _statistics_section(context: _Context) -> Section:
+    """Paired differences (cross-validated first) with the verdicts against the linear baseline."""
+    frame, source = report_headline.paired_differences(context.root)
+    section = Section("statistics", "Can the data tell the models apart?", "A difference counts only when its "
+                      "Holm-adjusted p-value is below 0.05, its 95% paired-bootstrap interval excludes 0 and at least "
+                      f"{report_headline.MIN_PAIRED_SUBJECTS} subjects are paired. Intervals that cross 0 in the "
+                      "figure mean the data cannot tell that pair apart.")
+    _show(context, section, [(context.root / "comparison" / "paired_differences.png",
+                                     "Paired differences in balanced accuracy")], 3)
+    if frame is None:
+        section.missing.append(context.note("comparison/paired_differences*.csv"))
+    else:
         shown = frame[[column for column in PAIRED_COLUMNS if column in frame.columns]]
-        parts.append(_frame_html(shown.round(3)))
-        if "sentence" in frame:
-            parts.append("<ul>" + "".join(f"<li>{_text(text)}</li>" for text in frame["sentence"]) + "</ul>")
-        if {"model_a", "model_b", "difference", "low", "high", "supported", "level"} <= set(frame.columns):
-            verdicts = _baseline_verdicts(frame)
-            if verdicts:
-                parts.append("<p><strong>Against the non-deep baseline:</strong></p><ul>"
-                             + "".join(f"<li>{_text(text)}</li>" for text in verdicts) + "</ul>")
-    return "".join(parts)
+        section.table = table_html(shown.round(3))
+        section.notes.append(f"Table: {source}.")
+        section.notes += baseline_verdicts(frame)
+    sentence, table = _crossval_note(context)
+    section.notes += [sentence] if sentence else []
+    section.more += [("Cross-validated scores, subject level", table)] if table is not None else []
+    extra = _figures(context, [(context.root / "comparison" / "metrics_bars.png", "Metrics per model"),
+                               (context.root / "comparison" / "accuracy_latency.png", "Accuracy against latency")])
+    section.more += [("Comparison figures (metrics, latency)", _gallery(extra, 2))] if extra else []
+    return section
 
 
-def _statistics_section(context: _Context) -> str:
-    """Cross-validation, then paired model differences with the verdicts against the linear baseline."""
-    body = _crossval_html(context) + _paired_html(context)
-    return body or context.note("crossval/summary.json and comparison/paired_differences*.csv")
+def _leakage_section(context: _Context) -> Section:
+    """The random-label control's verdict, the leakage demonstration and the run split's audit."""
+    from alzlib import controls
+
+    section = Section("leakage", "Leakage controls", "The random-label control must stay at chance on this run's "
+                      "split and should rise above chance on the deliberately leaky slice split; if it does not, a "
+                      "clean result is weak evidence.")
+    control = context.dict_file("evaluation/summary.json").get("random_label_control")
+    if isinstance(control, dict) and "verdict" in control:
+        section.notes.append(f"Random-label control (Yagis et al. 2021), test balanced accuracy "
+                             f"{control['estimate']:.3f} [{control['low']:.3f}, {control['high']:.3f}] against "
+                             f"chance {control['chance']:.3f}: {control['verdict']}.")
+    demonstration = context.json(context.root / "evaluation" / "leakage_demonstration.json")
+    if isinstance(demonstration, dict) and demonstration.get("cells"):
+        section.table = table_html(controls.demonstration_table(demonstration))
+        section.notes.append(str(demonstration.get("verdict", "")))
+    audit = report_checks.leakage_audit(context.root)
+    section.notes.append(f"Leakage audit of this run's split: {audit.line}.")
+    return section
 
 
-SECTIONS: tuple[tuple[str, str, Callable[[_Context], str]], ...] = (
-    ("statistics", "Can the data tell the models apart? Cross-validation and paired differences",
-     _statistics_section),
-    ("leakage", "Leakage controls: random-label control, demonstration and audit", _leakage_section),
-    ("run", "Run metadata", _run_metadata_section),
-    ("data", "Data summary and leakage audit", _data_section),
-    ("eda", "Exploratory data analysis and shortcut audit", _eda_section),
-    ("features", "Feature maps", lambda context: _stage_html(context, context.root / "features")),
-    ("training", "Training", _training_section),
-    ("metrics", "Metrics with intervals", _metrics_section),
-    ("calibration", "Calibration",
-     lambda context: _per_model_figures(context, ("reliab", "calibration"), "reliability*.png", with_scores=True)),
-    ("confusion", "Confusion matrices",
-     lambda context: _per_model_figures(context, ("confusion",), "confusion*.png", with_scores=False)),
-    ("gradcam", "Grad-CAM, sanity check and localisation", _gradcam_section),
-    ("comparison", "Model comparison", lambda context: _stage_html(context, context.root / "comparison")),
-    ("robustness", "Robustness to MRI corruptions", lambda context: _stage_html(context, context.root / "robustness")),
-    ("notebooks", "Executed notebooks", _notebooks_section),
-    ("limitations", "Limitations", _limitations_section),
-)
+def _gradcam_table(context: _Context) -> Markup | None:
+    """One row per model: randomisation correlation, cascade verdict, localisation against its nulls."""
+    summary = context.csv(context.root / "gradcam" / "summary.csv")
+    if summary is None:
+        return None
+    names = {"model": "model", "target_layer": "layer", "randomisation_mean_spearman": "randomisation ρ",
+             "cascade_verdict": "cascade", "localisation_auroc_trained": "localisation AUROC",
+             "localisation_verdict_vs_random": "vs random model", "localisation_verdict_vs_prior": "vs class prior"}
+    return table_html(summary[[name for name in names if name in summary]].rename(columns=names).round(3))
 
 
-def _banners(context: _Context) -> str:
-    """The synthetic-data banner (or unknown-source banner) and the not-for-clinical-use notice."""
+def _gradcam_section(context: _Context) -> Section:
+    """Grad-CAM overlays per model, the sanity-check table, randomisation figures collapsed."""
+    folder = context.root / "gradcam"
+    section = Section("gradcam", "Grad-CAM explanations and their sanity checks", "Maps should sit on brain tissue "
+                      "(ventricles, hippocampus), not the background or the frame, and must change when the model's "
+                      "weights are re-initialised (a low randomisation ρ, cascade 'pass').",
+                      table=_gradcam_table(context))
+    models = [name for name in _models(context) if (folder / name).is_dir()]
+    _show(context, section, [(folder / name / "overlays.png", f"{name}: Grad-CAM overlays")
+                                    for name in models], 4)
+    if not models:
+        section.missing.append(context.note("gradcam/"))
+    checks = [(path, f"{path.parent.name}: {path.stem.replace('_', ' ')}") for name in models
+              for path in sorted((folder / name).glob("*.png")) if path.name != "overlays.png"]
+    extra = _figures(context, checks)
+    section.more += [("Randomisation and attention figures", _gallery(extra, 2))] if extra else []
+    return section
+
+
+def _robustness_section(context: _Context) -> Section:
+    """The robustness heatmap and the mCE table."""
+    folder = context.root / "robustness"
+    section = Section("robustness", "Robustness to MRI corruptions", "Darker cells are larger drops in accuracy "
+                      "under a corruption; a model with a lower mCE (corruption error relative to the reference "
+                      "model, 100 = the same) degrades less.")
+    _show(context, section, [(folder / "robustness_heatmap.png", "Accuracy drop per corruption")], 2)
+    table = context.csv(folder / "mce_summary.csv", required=False)
+    if table is not None:
+        keep = [column for column in ("model", "clean_error", "mce", "mce_low", "mce_high", "relative_mce",
+                                      "corruptions_used", "relative_corruptions_used") if column in table]
+        section.table = table_html(table[keep].round(2))
+    elif not section.galleries:
+        section.missing.append(context.note("robustness/ (tables and figures)"))
+    extra = _figures(context, [(folder / "robustness_curves.png", "Accuracy against severity"),
+                               (folder / "corruption_grid.png", "The corruptions at each severity")])
+    section.more += [("Robustness curves and corruption examples", _gallery(extra, 2))] if extra else []
+    return section
+
+
+def _external_section(context: _Context) -> Section | None:
+    """Site A against the external test set (alzlib.external): the figure, the subject-level drops, what was left
+    out; None when the run scored no external set."""
+    tables = report_card.external_tables(context.root)
+    if not tables:
+        return None
+    record = context.dict_file("external/external.json") or {}
+    source = (record.get("source") or {}).get("label", "an external test set")
+    section = Section("external", "External test set", f"The same models scored on {source}, which they never saw: "
+                      "a drop from the run's own test split whose interval lies above 0 is a real loss at the other "
+                      "site. Each site is bootstrapped over its own subjects.")
+    _show(context, section, [(context.root / "external" / "site_drop.png", "Site A test vs the external test set")],
+          2)
+    table = context.csv(tables[0])
+    keep = [column for column in ("model", "level", "site_a", "external", "drop", "drop_low", "drop_high", "verdict",
+                                  "external_subjects") if column in table]
+    section.table = table_html(table.loc[table.get("level", "subject") == "subject", keep].round(3))
+    data = record.get("data") or {}
+    if data:
+        section.notes.append(f"{data.get('images')} external images of {data.get('subjects')} subjects; "
+                             f"{len(data.get('copies_left_out') or [])} left out as copies of the training data; "
+                             f"{len(data.get('skipped') or [])} unreadable. Rule: {record.get('rule', '')}")
+    section.notes.append(f"Table: {context.relative(tables[0])} (slice-level rows too).")
+    return section
+
+
+def _timings(context: _Context) -> Markup | None:
+    """Notebook run times as a table."""
+    summary = context.dict_file("run_summary.json")
+    rows = [{"notebook": entry.get("name"), "status": entry.get("status"), "seconds": entry.get("seconds"),
+             "headline": entry.get("headline")} for entry in summary.get("notebooks") or []
+            if isinstance(entry, dict)]
+    return table_html(pd.DataFrame(rows)) if rows else None
+
+
+def _run_section(context: _Context) -> Section:
+    """Profile, seed, data, split, weights setting, determinism, commit and build time; timings and versions."""
+    metadata, source = _metadata(context)
+    settings = metadata.get("settings") if isinstance(metadata.get("settings"), dict) else {}
+    section = Section("run", "Run details", "How this run was made: enough to repeat it with run_all.py.",
+                      table=pairs_table({
+                          "profile": settings.get("profile", context.root.parent.name),
+                          "run folder": f"{context.root.parent.name}/{context.root.name}",
+                          "seed": settings.get("seed"), "data": report_card.data_facts(context.root)["label"],
+                          "split policy": settings.get("split"), "epochs": settings.get("epochs"),
+                          "weights setting": settings.get("weights") or "imagenet (default)",
+                          "deterministic": settings.get("deterministic"), "folds": settings.get("folds"),
+                          "git commit": metadata.get("git_commit"),
+                          "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}))
+    section.notes += [f"Run details taken from {source} (run_metadata.json is missing)."] \
+        if source != "run_metadata.json" else []
+    timings = _timings(context)
+    section.more += [("Notebook run times", timings)] if timings is not None else []
+    section.more += [(title, pairs_table(metadata[key])) for key, title in
+                     (("libraries", "Library versions"), ("hardware", "Hardware"), ("profile", "Profile budget"))
+                     if isinstance(metadata.get(key), dict)]
+    return section
+
+
+def _metadata(context: _Context) -> tuple[dict, str]:
+    """Return the run metadata and its file: run_metadata.json, else a recipe record's `run` entry (training records
+    the same dict), else an empty dict."""
+    metadata = context.dict_file("run_metadata.json")
+    if metadata:
+        return metadata, "run_metadata.json"
+    for name, record in _records(context).items():
+        if isinstance(record.get("run"), dict):
+            return record["run"], f"models/{name}.json"
+    return {}, ""
+
+
+def _limitations_section(context: _Context) -> Section:
+    """What these results cannot show, stated plainly."""
     synthetic = _is_synthetic(context)
-    banner = ""
+    items = ["Research code only: nothing in this report is for clinical use, diagnosis or patient management.",
+             "Models see single 2D slices of 3D scans; only a split by subject measures generalisation to new "
+             "people. Slice-level splits inflate accuracy.",
+             "Labels come from the data set's folders, not from a verified diagnosis made for this study; the rarest "
+             "class has few subjects, so its scores are uncertain.",
+             "Intervals reflect the test set's size; differences inside them are not evidence that a model is "
+             "better.",
+             "Grad-CAM maps show what a prediction depends on, not why a disease is present; read them with the "
+             "randomisation check."]
     if synthetic:
-        banner = ('<div class="banner synthetic">SYNTHETIC DATA: every number and figure below was measured on a '
-                  "generated cohort, not on patient scans. It shows that the pipeline runs; it is no evidence of "
-                  "diagnostic performance.</div>")
+        items.insert(0, "The data are SYNTHETIC: the results show the pipeline works end to end; they say nothing "
+                        "about performance on real patients.")
     elif synthetic is None:
-        banner = ('<div class="banner unknown">Data source unknown: ingestion_report.json and run_metadata.json do '
-                  "not say whether the data are synthetic.</div>")
-    policy = (_ingestion(context) or {}).get("split_policy")
-    if policy in config.LEAKY_SPLIT_POLICIES:
-        banner += (f'<div class="banner unknown">LEAKY SPLIT: this run used a {_text(policy)}-level split that puts '
-                   "slices of one subject in both train and test, for demonstration only. Every number below is "
-                   "inflated by leakage.</div>")
-    return banner + ('<div class="banner clinical">Research use only. Nothing in this report is for clinical use.'
-                     "</div>")
+        items.insert(0, "The data source is unknown (ingestion report missing): treat every number as unverified.")
+    return Section("limitations", "Limitations", notes=items)
 
 
-def _problems_html(context: _Context) -> str:
-    """List every missing or unreadable input at the top of the report."""
-    if not context.problems:
-        return '<p class="muted">All expected inputs were found.</p>'
-    items = "".join(f"<li><code>{_text(name)}</code>: {_text(reason)}</li>"
-                    for name, reason in context.problems.items())
-    return (f'<div class="missing"><strong>{len(context.problems)} input(s) missing or unreadable; the sections '
-            f"that need them say so.</strong><ul>{items}</ul></div>")
+# Short labels for the sticky table of contents.
+NAV_LABELS = {"data": "Data", "training": "Training", "evaluation": "Performance", "statistics": "Statistics",
+              "leakage": "Leakage", "gradcam": "Grad-CAM", "robustness": "Robustness", "external": "External",
+              "run": "Run", "limitations": "Limitations"}
+
+SECTIONS: tuple[Callable[[_Context], Section | None], ...] = (
+    _data_section, _training_section, _evaluation_section, _statistics_section, _leakage_section, _gradcam_section,
+    _robustness_section, _external_section, _run_section, _limitations_section)
+
+
+# --- appendix --------------------------------------------------------------------------------------------------------
+
+def raw_files(context: _Context) -> list[dict]:
+    """Return every CSV, JSON and rendered notebook under the run folder, grouped by top folder, as links."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(context.root.rglob("*")):
+        relative = path.relative_to(context.root)
+        if (path.is_file() and path.suffix.lower() in RAW_SUFFIXES and path != context.root / "report.html"
+                and not any(part.startswith(".") or part in ("folds", "cache", "tensorboard", "report_screenshots")
+                            for part in relative.parts)):
+            groups.setdefault(relative.parts[0] if len(relative.parts) > 1 else "run", []).append(relative.as_posix())
+    return [{"group": group, "files": files} for group, files in groups.items()]
+
+
+def notebook_links(context: _Context) -> dict:
+    """Return the rendered notebook pages beside the report, and the executed notebooks not rendered."""
+    folder = context.root / "notebooks"
+    pages = sorted(folder.glob("*.html")) if folder.is_dir() else []
+    unrendered = [path.name for path in sorted(folder.glob("*.ipynb")) if not path.with_suffix(".html").is_file()] \
+        if folder.is_dir() else []
+    if not pages:
+        context.note("notebooks/*.html")
+    return {"pages": [{"name": page.stem, "href": context.relative(page)} for page in pages],
+            "unrendered": unrendered}
+
+
+# --- paths never leave the machine -----------------------------------------------------------------------------------
+
+def path_scrubber(root: Path) -> Callable[[str], str]:
+    """Return a function that rewrites absolute paths in a text: relative to the run folder or the project, else the
+    file name alone, so no absolute machine path reaches the page."""
+    prefixes = [(str(Path(root).resolve()) + os.sep, ""), (str(Path(root)) + os.sep, ""),
+                (str(config.PROJECT_ROOT) + os.sep, ""), (str(Path.home()) + os.sep, "")]
+
+    def scrub(text: str) -> str:
+        for prefix, replacement in prefixes:
+            text = text.replace(prefix, replacement)
+        return ABSOLUTE_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
+
+    return scrub
+
+
+def _finalize(scrub: Callable[[str], str]) -> Callable:
+    """Return the template's finalize hook: every text printed passes through `scrub` (embedded images excepted)."""
+
+    def finalize(value):
+        if isinstance(value, Markup):
+            # Embedded images stay byte for byte: base64 text can look like a path.
+            parts = DATA_URI.split(str(value))
+            return Markup("".join(part if part.startswith("data:") else scrub(part) for part in parts))
+        if isinstance(value, str) and not value.startswith("data:"):
+            return scrub(value)
+        return value
+
+    return finalize
+
+
+def _environment(scrub: Callable[[str], str]):
+    """Return the jinja2 environment that loads the package's templates, autoescaping and scrubbing paths."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("alzlib", "templates"), autoescape=True,
+                              finalize=_finalize(scrub), trim_blocks=True, lstrip_blocks=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+# --- build -----------------------------------------------------------------------------------------------------------
+
+def _built(builder: Callable[[_Context], Section | None], context: _Context) -> Section | None:
+    """Run one section builder; a file in an older or unexpected layout gives a section that says so, not a crash."""
+    try:
+        return builder(context)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        anchor = builder.__name__.strip("_").removesuffix("_section")
+        return Section(anchor, anchor.capitalize(), missing=[f"could not build this section: {type(error).__name__}: "
+                                                             f"{error} (a file in an older or unexpected layout)"])
+
+
+def _profile_name(context: _Context) -> str:
+    """Return the run's profile from its metadata, else the run folder's parent's name."""
+    settings = context.dict_file("run_metadata.json", required=False).get("settings")
+    return str(settings.get("profile")) if isinstance(settings, dict) and settings.get("profile") else \
+        context.root.parent.name
+
+
+def page_context(paths: config.OutputPaths) -> dict:
+    """Return everything the template shows, read from the files under `paths.root`."""
+    context = _Context(paths)
+    headline = _headline(context)
+    sections = [section for builder in SECTIONS if (section := _built(builder, context)) is not None]
+    anchors = {"top", "checks", "model-card", "appendix", *(section.anchor for section in sections)}
+    return {"profile": _profile_name(context), "run": context.root.name, "data": _data_line(context),
+            "headline": headline, "checks": report_checks.run_checks(context.root),
+            "card": report_card.model_card(context.root), "sections": sections, "nav": NAV_LABELS,
+            "claim": report_card.claim_checklist(anchors), "files": raw_files(context),
+            "notebooks": notebook_links(context), "problems": context.problems}
 
 
 def render_report_html(paths: config.OutputPaths) -> str:
-    """Return the report as one HTML string, read from the files under `paths.root`."""
-    context = _Context(paths)
-    bodies = [(anchor, title, builder(context)) for anchor, title, builder in SECTIONS]
-    navigation = "".join(f'<li><a href="#{anchor}">{_text(title)}</a></li>' for anchor, title, _ in bodies)
-    sections = "".join(f'<section id="{anchor}"><h2>{_text(title)}</h2>{body}</section>'
-                       for anchor, title, body in bodies)
-    profile = context.root.name
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Alzheimer MRI slice classification report: {_text(profile)}</title><style>{STYLE}</style>"
-            f"</head><body><main><h1>Alzheimer MRI slice classification: run report ({_text(profile)})</h1>"
-            f"{_banners(context)}{_problems_html(context)}<nav><ol>{navigation}</ol></nav>{sections}"
-            f"</main></body></html>\n")
+    """Return the report as one HTML string, rendered from the package template."""
+    return _environment(path_scrubber(paths.root)).get_template("report.html.j2").render(**page_context(paths))
 
 
 def build_report(paths: config.OutputPaths) -> Path:

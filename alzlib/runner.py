@@ -534,8 +534,8 @@ def describe_estimate(estimate: dict) -> str:
     span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else numbers[0]
     return (f"estimated {low} to {high} for {span} on this machine ({estimate['cpu_count']} cores, CPU): "
             f"{estimate['images']:,} images ({estimate['train_images']:,} train) x {_epochs(estimate['epochs'])} per "
-            f"model{_own_epochs(estimate)} at {estimate['image_size']} px, {estimate['control_models']} control models x "
-            f"{_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}"
+            f"model{_own_epochs(estimate)} at {estimate['image_size']} px, {estimate['control_models']} control "
+            f"models x {_epochs(estimate['control_epochs'])} of {estimate['control_train_images']:,}"
             f"{_folds(estimate)}; largest {largest} "
             f"(~{format_duration(estimate['notebooks'][largest])})")
 

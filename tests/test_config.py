@@ -39,12 +39,27 @@ def test_unknown_profile_is_named(monkeypatch):
         config.get_profile()
 
 
-def test_outputs_go_under_profile(monkeypatch, tmp_path):
+def test_outputs_go_under_profile_in_one_folder_per_data_set_and_split(monkeypatch, tmp_path):
     monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    monkeypatch.delenv("ALZ_DATA_DIR", raising=False)
     paths = config.output_paths("cpu")
-    assert paths.root == tmp_path / "cpu"
-    assert paths.manifest == tmp_path / "cpu" / "manifest.parquet"
+    assert paths.root == tmp_path / "cpu" / "synthetic-subject"
+    assert paths.manifest == paths.root / "manifest.parquet"
     assert paths.report.parent == paths.root
+    assert config.output_paths("cpu", config.default_data_dir(config.get_profile("cpu"))) == paths
+    assert config.output_paths("cpu", tmp_path / "Alzheimer's Dataset", "shipped").root == (
+        tmp_path / "cpu" / "Alzheimer_s_Dataset-shipped")
+    assert config.output_paths("smoke", None, "slice").root == tmp_path / "smoke" / "synthetic-slice"
+
+
+def test_settings_and_output_paths_choose_the_same_run_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
+    data = tmp_path / "kaggle"
+    data.mkdir()
+    settings = config.load_settings("smoke", 42, str(data), "shipped")
+    assert settings.paths == config.output_paths("smoke", data, "shipped")
+    assert settings.paths.root == tmp_path / "smoke" / "kaggle-shipped"
+    assert config.load_settings("smoke").paths.root == tmp_path / "smoke" / "synthetic-subject"
 
 
 def test_settings_defaults_to_synthetic_cohort(monkeypatch):

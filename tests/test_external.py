@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from fixtures import OASIS_FOLDERS, make_oasis_tree, save_image, simple_image
 
 from alzlib import config, external, ingestion
+from fixtures import OASIS_FOLDERS, make_oasis_tree, save_image, simple_image
 
 CLASSES = list(config.CLASS_NAMES)
 

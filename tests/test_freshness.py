@@ -82,23 +82,26 @@ def test_unchanged_data_passes(tmp_path, outputs):
 
 
 def test_load_manifest_with_another_data_dir_names_both(tmp_path, outputs):
-    first = make_data(tmp_path / "A")
+    # Two folders with one name share a run folder (<name>-<split>): the fingerprint tells them apart.
+    first = make_data(tmp_path / "one" / "data")
     write_manifest(config.load_settings("smoke", 42, first))
-    second = make_data(tmp_path / "B")
+    second = make_data(tmp_path / "two" / "data")
     with pytest.raises(freshness.StaleManifest) as error:
         pipeline.load_manifest(config.load_settings("smoke", 42, second))
     message = str(error.value)
     assert f"was made from {first.resolve()} (split subject, seed 42), not {second.resolve()}" in message
     assert f"rerun from 01 (python run_all.py --from 01 --profile smoke --data {second})" in message
-    assert str(outputs / "smoke" / "manifest.parquet") in message
+    assert str(outputs / "smoke" / "data-subject" / "manifest.parquet") in message
 
 
-def test_load_manifest_with_another_split_or_seed_names_both(tmp_path, outputs):
+def test_load_manifest_with_another_seed_names_both_and_another_split_has_its_own_folder(tmp_path, outputs):
     data = make_data(tmp_path / "data")
     write_manifest(config.load_settings("smoke", 42, data))
-    with pytest.raises(freshness.StaleManifest, match=r"\(split subject, seed 42\), not .*\(split slice, seed 3\).*"
-                                                      r"--split slice --seed 3"):
-        pipeline.load_manifest(config.load_settings("smoke", 3, data, "slice"))
+    with pytest.raises(freshness.StaleManifest, match=r"\(split subject, seed 42\), not .*\(split subject, seed 3\)"
+                                                      r".*--seed 3"):
+        pipeline.load_manifest(config.load_settings("smoke", 3, data))
+    with pytest.raises(FileNotFoundError, match=r"data-slice/manifest.parquet does not exist.*--split slice"):
+        pipeline.load_manifest(config.load_settings("smoke", 42, data, "slice"))
 
 
 def test_load_manifest_after_files_were_added_names_the_folder_and_the_counts(tmp_path, outputs):

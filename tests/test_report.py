@@ -1,8 +1,9 @@
-"""Tests of the final HTML report, built from a small fake outputs tree made here."""
+"""Tests of the final HTML report, built from a small fake run folder made here."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from matplotlib.figure import Figure
 from alzlib import config, report, robustness, storage
 
 HOSTILE_TEXT = "<script>alert('x')</script>"
+# An absolute path as it would appear on a machine: the report must never show one.
+MACHINE_PATH = "/home/someone/secret/data"
 
 
 def save_small_figure(path: Path, title: str) -> Path:
@@ -32,60 +35,86 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def clean_audit() -> dict:
+    """Return the leakage audit of a clean subject split."""
+    return {"subject": {"subjects_shared": 0, "tripped_by": [], "leaks": False}, "shipped": None}
+
+
 def write_inputs_metadata(root: Path, synthetic: bool) -> None:
     """Write the manifest, ingestion report, run metadata and run summary."""
-    manifest = pd.DataFrame({"path": [f"/data/{index}.jpg" for index in range(12)],
+    manifest = pd.DataFrame({"path": [f"{MACHINE_PATH}/{index}.jpg" for index in range(12)],
                              "label": ["NonDemented", "MildDemented"] * 6,
                              "subject_id": [f"SYN{index // 2:04d}" for index in range(12)],
                              "split": ["train"] * 6 + ["val"] * 2 + ["test"] * 4})
     storage.write_parquet(root / "manifest.parquet", manifest)
     storage.write_json(root / "ingestion_report.json", {
-        "data_dir": f"/data/synthetic/{HOSTILE_TEXT}", "classes": ["NonDemented", "MildDemented"], "task": "2-class",
+        "data_dir": f"{MACHINE_PATH}/{HOSTILE_TEXT}", "classes": ["NonDemented", "MildDemented"], "task": "2-class",
         "data_source": {"kind": "synthetic" if synthetic else "class_folders", "layout": "class_folders",
                         "synthetic": synthetic},
-        "counts": {"images": 12, "subjects": 6}, "skipped": [{"path": "/data/broken.jpg", "reason": "truncated JPEG"}],
-        "split_policy": "subject", "split_warnings": [f"only 2 subjects of MildDemented {HOSTILE_TEXT}"],
-        "leakage_audit": {"subject": {"overlapping_subjects": 0}, "shipped": None}, "extra_key_from_the_future": 1})
+        "counts": {"files_seen": 13, "images": 12, "skipped": 1, "subjects": 6,
+                   "per_class": {"NonDemented": 6, "MildDemented": 6},
+                   "subjects_per_class": {"NonDemented": 3, "MildDemented": 3}},
+        "skipped": [{"path": f"{MACHINE_PATH}/broken.jpg", "reason": "truncated JPEG"}],
+        "split_policy": "subject", "split_fractions": [0.7, 0.15, 0.15],
+        "split_warnings": [f"only 2 subjects of MildDemented {HOSTILE_TEXT}"],
+        "leakage_audit": clean_audit(), "extra_key_from_the_future": 1})
     storage.write_json(root / "run_metadata.json", {
-        "settings": {"profile": "smoke", "seed": 42, "data_dir": "/data", "split": "subject", "epochs": 1,
-                     "weights": "none", "deterministic": True, "synthetic": synthetic},
+        "settings": {"profile": "smoke", "seed": 42, "data_dir": MACHINE_PATH, "split": "subject", "epochs": 1,
+                     "weights": "none", "deterministic": True, "synthetic": synthetic,
+                     "outputs": str(root)},
         "profile": {"name": "smoke", "image_size": 64}, "git_commit": "0123abc-dirty",
-        "libraries": {"python": "3.11.7", "numpy": "2.4.0"}, "hardware": {"cpu_cores": 2, "gpus": []}})
-    storage.write_json(root / "run_summary.json", {"profile": "smoke",
-                                              "notebooks": [{"name": "01_dataset_ingestion", "seconds": 3.2}]})
+        "libraries": {"python": "3.11.7", "numpy": "2.4.0"}, "hardware": {"cpu_cores": 2, "gpus": []},
+        "weights_used": {"baseline_cnn": "random (trained from scratch)", "resnet50": "random (WEIGHTS=none)"}})
+    storage.write_json(root / "run_summary.json", {"profile": "smoke", "status": "ok", "notebooks": [
+        {"name": "01_dataset_ingestion", "seconds": 3.2, "status": "ok", "output": f"{root}/notebooks/01.ipynb"}]})
+
+
+def write_evaluation(root: Path) -> None:
+    """Write the evaluation summary (two models and the control), its JSON with the control verdict, figures."""
+    rows = []
+    for model, score in (("baseline_cnn", 0.61), ("resnet50", 0.55), ("linear_pixels", 0.58),
+                         (config.CONTROL_MODEL_NAME, 0.5)):
+        for level in ("slice", "subject"):
+            rows.append({"model": model, "split": "test", "level": level, "subjects": 12,
+                         "balanced_accuracy": score, "balanced_accuracy_low": score - 0.1,
+                         "balanced_accuracy_high": score + 0.1, "ece": 0.12,
+                         "ece_after_temperature": 0.05 if level == "slice" else None})
+    storage.write_csv(root / "evaluation" / "summary.csv", pd.DataFrame(rows))
+    storage.write_json(root / "evaluation" / "summary.json", {"random_label_control": {
+        "estimate": 0.5, "low": 0.4, "high": 0.6, "chance": 0.5, "subjects": 12, "tripped": False,
+        "conclusive": True, "verdict": "passes: indistinguishable from chance"}})
+    for name in ("baseline_cnn", "resnet50"):
+        storage.write_json(root / "evaluation" / name / "metrics.json", {"splits": {}})
+    for figure_name in ("confusion_test_subject", "roc_test", "reliability_test"):
+        save_small_figure(root / "evaluation" / "baseline_cnn" / f"{figure_name}.png", figure_name)
 
 
 def write_stage_outputs(root: Path) -> None:
-    """Write EDA, features, two trained models, evaluation and Grad-CAM files."""
-    save_small_figure(root / "eda" / "class_balance.png", "class balance")
+    """Write EDA, features, two trained models, evaluation, Grad-CAM and comparison files."""
+    save_small_figure(root / "eda" / "class_distribution.png", "class balance")
     storage.write_json(root / "eda" / "shortcut_audit.json",
-                       {"score": 0.71, "chance": 0.5, "properties": ["mean", "size"],
-                        "warning": "image size alone predicts the class"})
+                       {"ran": True, "score": 0.71, "chance": 0.5, "warning": "image size alone predicts the class",
+                        "sentence": "image size alone predicts the class"})
     write_text(root / "eda" / "image_sizes.csv", f"width,height,note\n176,208,{HOSTILE_TEXT}\n")
-    save_small_figure(root / "features" / "umap.png", "umap")
+    save_small_figure(root / "features" / "map_pixels.png", "umap")
     for name, seconds in (("baseline_cnn", 12.5), ("resnet50", 40.0)):
-        storage.write_json(root / "models" / f"{name}.json", {"weights": "none", "training_time_seconds": seconds,
-                                                        "best_epoch": 1, "best_val_score": 0.5, "parameters": 1000})
+        storage.write_json(root / "models" / f"{name}.json", {"weights": "random", "training_seconds": seconds,
+                                                              "best_epoch": 1, "epochs_run": 1,
+                                                              "trainable_parameters": 1000})
     save_small_figure(root / "training" / "baseline_cnn" / "curves.png", "curves")
-    write_text(root / "evaluation" / "summary.csv",
-               "model,balanced_accuracy,ci_low,ci_high\nbaseline_cnn,0.61,0.5,0.72\nresnet50,0.55,0.44,0.66\n")
-    for name in ("baseline_cnn", "resnet50"):
-        storage.write_json(root / "evaluation" / name / "metrics.json",
-                      {"splits": {"test": {"slice": {"intervals": {"balanced_accuracy": [0.5, 0.7]},
-                                                     "calibration": {"ece": 0.08, "bins": [{"count": 3}]}}}}})
-    storage.write_json(root / "evaluation" / "summary.json", {"control_check": {"passed": True}})
-    for figure_name in ("confusion_test_slice", "roc_test", "reliability_test"):
-        save_small_figure(root / "evaluation" / "baseline_cnn" / f"{figure_name}.png", figure_name)
-    save_small_figure(root / "gradcam" / "gradcam_panel.png", "grad-cam")
-    storage.write_json(root / "gradcam" / "randomisation_check.json", {"baseline_cnn": {"spearman": 0.12}})
-    write_text(root / "gradcam" / "localisation_scores.csv", "model,pointing_game\nbaseline_cnn,0.4\n")
-    save_small_figure(root / "comparison" / "model_comparison.png", "comparison")
+    write_evaluation(root)
+    save_small_figure(root / "gradcam" / "baseline_cnn" / "overlays.png", "grad-cam")
+    write_text(root / "gradcam" / "summary.csv", "model,cascade_verdict,randomisation_mean_spearman\n"
+                                                 "baseline_cnn,pass,0.12\nresnet50,pass,0.2\n")
+    save_small_figure(root / "comparison" / "paired_differences.png", "comparison")
     write_text(root / "comparison" / "paired_differences.csv",
-               "model_a,model_b,difference\nbaseline_cnn,resnet50,0.1\n")
+               "model_a,model_b,level,subjects,difference,low,high,p_value_holm,supported\n"
+               "baseline_cnn,resnet50,subject,12,0.06,-0.05,0.17,0.4,False\n"
+               "baseline_cnn,linear_pixels,subject,12,0.03,-0.08,0.14,0.6,False\n")
 
 
 def write_robustness_outputs(root: Path) -> None:
-    """Write real robustness tables and a curve figure with a trivial predictor."""
+    """Write real robustness tables and a heatmap-like figure with a trivial predictor."""
     images = np.stack([np.full((16, 16), value, dtype=np.uint8) for value in (30, 40, 150, 160)])
     labels = np.array([0, 0, 1, 1])
 
@@ -95,11 +124,12 @@ def write_robustness_outputs(root: Path) -> None:
 
     table = robustness.evaluate_robustness({"baseline_cnn": predict}, images, labels, corruptions=["brightness"])
     robustness.write_robustness_tables(table, robustness.corruption_errors(table), root / "robustness")
-    storage.save_figure(robustness.plot_robustness_curves(table), root / "robustness" / "curves.png", dpi=50)
+    storage.save_figure(robustness.plot_robustness_curves(table), root / "robustness" / "robustness_heatmap.png",
+                        dpi=50)
 
 
 def make_outputs_tree(root: Path, synthetic: bool = True) -> config.OutputPaths:
-    """Write a small outputs tree like a smoke run's, with a few inputs deliberately missing."""
+    """Write a small run folder like a smoke run's, with a few inputs deliberately missing."""
     write_inputs_metadata(root, synthetic)
     write_stage_outputs(root)
     write_robustness_outputs(root)
@@ -110,97 +140,150 @@ def make_outputs_tree(root: Path, synthetic: bool = True) -> config.OutputPaths:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[config.OutputPaths, str]:
-    paths = make_outputs_tree(tmp_path_factory.mktemp("outputs") / "smoke")
+    paths = make_outputs_tree(tmp_path_factory.mktemp("outputs") / "smoke" / "synthetic-subject")
     return paths, report.build_report(paths).read_text(encoding="utf-8")
 
 
-def test_report_has_every_section_and_the_synthetic_banner(built):
-    paths, document = built
-    assert paths.report.is_file() and not list(paths.root.glob(".report.html*"))
-    for _, title, _ in report.SECTIONS:
-        assert f"<h2>{title}</h2>" in document
-    assert 'class="banner synthetic"' in document and "SYNTHETIC DATA" in document
-    assert "Nothing in this report is for clinical use" in document
-    assert "0123abc-dirty" in document and "image size alone predicts the class" in document
-    assert '<a href="notebooks/01_dataset_ingestion.html">' in document
-    assert "Executed but not rendered to HTML: 02_eda.ipynb" in document
-    calibration = document[document.index('<section id="calibration">'):document.index('<section id="confusion">')]
-    assert "<th>splits.test.slice.calibration.ece</th><td>0.08</td>" in calibration
-    assert "splits.test.slice.calibration.bins" not in calibration
-    assert "evaluation/summary.json" in document and "control_check" in document
+def section_of(document: str, anchor: str) -> str:
+    """Return the HTML of one section."""
+    start = document.index(f'<section id="{anchor}">')
+    return document[start:document.index("</section>", start)]
 
 
-def test_missing_inputs_are_marked_in_place_and_listed_at_the_top(built):
+def test_first_screen_has_the_data_line_headline_table_verdict_and_checks(built):
     _, document = built
-    expected_missing = ["models/resnet50_attention.json", "models/efficientnetb0.json",
-                        "models/baseline_cnn_random_labels.json", "training/resnet50/curves.png",
-                        "evaluation/resnet50/confusion*.png", "evaluation/resnet50/reliability*.png"]
-    top = document[:document.index("<nav>")]
-    for name in expected_missing:
-        assert f"not run: {name} missing" in document
-        assert f"<code>{name}</code>: missing" in top
-    assert "not run: training/baseline_cnn/curves.png missing" not in document
+    top = document[:document.index('<section id="model-card">')]
+    assert "SYNTHETIC data" in top and "subject-level split 70/15/15" in top and "not for clinical use" in top
+    assert 'id="headline"' in top and 'id="checks"' in top
+    assert "0.610 [0.510, 0.710]" in top and "linear_pixels" in top and "random-label control" in top
+    assert "no model is distinguishable from another at this sample size (12 subjects)" in top
+    assert top.count('<span class="badge ') == len(report.report_checks.CHECKS)
+
+
+def test_the_page_comes_from_the_package_template_and_every_section_renders(built):
+    paths, document = built
+    assert (Path(report.__file__).parent / "templates" / "report.html.j2").is_file()
+    assert paths.report.is_file() and not list(paths.root.glob(".report.html*"))
+    for anchor in ("model-card", "data", "training", "evaluation", "statistics", "leakage", "gradcam",
+                   "robustness", "run", "limitations", "appendix"):
+        assert f'<section id="{anchor}">' in document, anchor
+    assert 'href="#model-card"' in document and 'class="bar"' in document  # sticky table of contents
+    assert "0123abc-dirty" in document and "image size alone predicts the class" in document
+
+
+def test_model_card_and_claim_checklist_are_filled_from_the_run(built):
+    _, document = built
+    card = section_of(document, "model-card")
+    for field in ("Intended use", "Out-of-scope uses", "Training data", "Evaluation data", "Metrics",
+                  "Ethical considerations", "Caveats and recommendations"):
+        assert f"<dt>{field}</dt>" in card
+    assert "Research and teaching only" in card and "Any clinical use" in card
+    assert "synthetic cohort" in card and "4 images of 2 subjects" in card  # the test split from the manifest
+    appendix = section_of(document, "appendix")
+    assert "CLAIM checklist" in appendix and appendix.count("<tr><td>") == 42
+    assert '<a href="#robustness">robustness</a>' in appendix and "not addressed" in appendix
+
+
+def test_missing_inputs_are_marked_in_place_and_listed_in_the_appendix(built):
+    _, document = built
+    assert "not run: evaluation/resnet50/confusion_test_subject.png missing" in document
+    assert "<code>evaluation/resnet50/reliability_test.png</code>: missing" in section_of(document, "appendix")
+    assert "not run: training/resnet50/curves.png missing" in document
+    assert "training/baseline_cnn/curves.png missing" not in document
 
 
 def test_every_png_is_embedded_as_a_data_uri(built):
     paths, document = built
-    pngs = sorted(paths.root.rglob("*.png"))
     sources = re.findall(r'<img src="([^"]+)"', document)
-    assert len(sources) == len(pngs) == 9
-    assert all(source.startswith("data:image/png;base64,") for source in sources)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
     curves = (paths.root / "training" / "baseline_cnn" / "curves.png").read_bytes()
     assert base64.b64encode(curves).decode() in document
 
 
-def test_report_makes_no_external_requests(built):
+def test_raw_files_are_linked_not_inlined_and_nothing_is_fetched(built):
     _, document = built
     references = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', document, flags=re.IGNORECASE)
-    assert references
     for reference in references:
-        assert not re.match(r"^(https?:)?//", reference, flags=re.IGNORECASE), reference
-        assert reference.startswith(("data:image/", "#", "notebooks/")), reference
+        assert not re.match(r"^(https?:)?//|^/", reference, flags=re.IGNORECASE), reference
+    assert '<a href="eda/image_sizes.csv">' in document and '<a href="notebooks/01_dataset_ingestion.html">' in document
+    assert "176,208" not in document and "<td>176</td>" not in document  # the CSV itself is not inlined
+    assert '<table class="kv">' not in document  # never nested dict tables
     assert "<link" not in document and "@import" not in document and "url(" not in document
+
+
+def test_no_absolute_machine_path_reaches_the_page(built):
+    paths, document = built
+    text = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", "", document)
+    assert MACHINE_PATH not in text and str(paths.root) not in text and str(config.PROJECT_ROOT) not in text
+    assert "broken.jpg" in text  # the skipped file, by name
+
+
+def test_path_scrubber_keeps_relative_paths_and_urls():
+    scrub = report.path_scrubber(Path("/runs/cpu/synthetic-subject"))
+    assert scrub("see /runs/cpu/synthetic-subject/evaluation/summary.csv") == "see evaluation/summary.csv"
+    assert scrub(f"data in {config.PROJECT_ROOT}/data/synthetic/cpu") == "data in data/synthetic/cpu"
+    assert scrub("skipped /mnt/scans/NonDemented/x.jpg (truncated)") == "skipped x.jpg (truncated)"
+    text = "https://example.org/a/b.h5 and gradcam/summary.csv"
+    assert scrub(text) == text
 
 
 def test_text_from_inputs_is_escaped(built):
     _, document = built
     assert "<script" not in document.lower()
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in document
-    assert document.count("&lt;script&gt;") >= 3  # data folder, split warning and CSV cell
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in document or \
+        "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in document
 
 
 def test_missing_or_unreadable_stages_say_so(tmp_path):
-    paths = config.OutputPaths(tmp_path / "cpu")
-    paths.root.mkdir()
+    paths = config.OutputPaths(tmp_path / "cpu" / "synthetic-subject")
+    paths.root.mkdir(parents=True)
     write_text(paths.root / "ingestion_report.json", "{not json")
-    write_text(paths.root / "eda" / "broken.png", "this is not a PNG")
+    write_text(paths.root / "eda" / "class_distribution.png", "this is not a PNG")
     document = report.build_report(paths).read_text()
     assert "could not read ingestion_report.json: JSONDecodeError" in document
-    assert "could not read eda/broken.png: not a valid PNG file" in document
-    for name in ("run_metadata.json", "run_summary.json", "manifest.parquet", "eda/shortcut_audit.json",
-                 "features/ (tables and figures)", "evaluation/summary.csv", "robustness/ (tables and figures)",
-                 "notebooks/*.html"):
-        assert f"not run: {name} missing" in document, name
-    assert 'class="banner unknown"' in document and 'class="banner synthetic"' not in document
+    assert "could not read eda/class_distribution.png: not a valid PNG file" in document
+    assert "not run: evaluation/summary.csv missing" in document
+    assert "Data source UNKNOWN" in document and "SYNTHETIC data" not in document
     assert "<img" not in document
+    assert document.count('<span class="badge pass">') == 0  # nothing passes on missing files
 
 
-def test_run_metadata_falls_back_to_a_recipe_record(tmp_path):
-    paths = config.OutputPaths(tmp_path / "cpu")
+def test_a_file_in_an_older_layout_gives_a_section_that_says_so(tmp_path):
+    paths = config.OutputPaths(tmp_path / "cpu" / "synthetic-subject")
+    storage.write_json(paths.evaluation / "leakage_demonstration.json", {"cells": [{"split_policy": "subject"}]})
+    document = report.build_report(paths).read_text()
+    assert "could not build this section: KeyError" in section_of(document, "leakage")
+
+
+def test_run_details_fall_back_to_a_recipe_record(tmp_path):
+    paths = config.OutputPaths(tmp_path / "cpu" / "synthetic-subject")
     run = {"settings": {"profile": "cpu", "seed": 7, "deterministic": False, "synthetic": True}, "git_commit": "feed42"}
     storage.write_json(paths.models / "resnet50.json", {"weights": "imagenet", "run": run})
     document = report.build_report(paths).read_text()
-    assert "not run: run_metadata.json missing" in document
-    assert "Run metadata below is taken from models/resnet50.json" in document
-    assert "feed42" in document and 'class="banner synthetic"' in document
+    assert "feed42" in section_of(document, "run") and "SYNTHETIC data" in document
 
 
-def test_real_data_gets_no_synthetic_banner(tmp_path):
-    paths = config.OutputPaths(tmp_path / "full")
+def test_real_data_gets_the_real_data_line(tmp_path):
+    paths = config.OutputPaths(tmp_path / "full" / "kaggle-subject")
     write_inputs_metadata(paths.root, synthetic=False)
     document = report.build_report(paths).read_text()
-    assert 'class="banner synthetic"' not in document and 'class="banner unknown"' not in document
-    assert "Nothing in this report is for clinical use" in document
+    assert "REAL images" in document and "SYNTHETIC data" not in document
+    assert "not for clinical use" in document
+
+
+def test_external_site_results_get_their_own_section(tmp_path):
+    paths = make_outputs_tree(tmp_path / "cpu" / "synthetic-subject")
+    assert 'id="external"' not in report.build_report(paths).read_text()  # no external test: no section
+    write_text(paths.root / "external" / "summary.csv",
+               "model,level,site_a,external,drop,drop_low,drop_high,verdict,external_subjects\n"
+               "baseline_cnn,subject,0.58,0.41,0.17,0.05,0.29,drop shown,72\n"
+               "baseline_cnn,slice,0.55,0.40,0.15,0.04,0.26,drop shown,72\n")
+    write_text(paths.root / "external" / "external.json", json.dumps({
+        "source": {"label": "synthetic cohort, site B"}, "rule": "a drop is shown when ...",
+        "data": {"images": 576, "subjects": 72, "copies_left_out": [], "skipped": []}}))
+    section = section_of(report.build_report(paths).read_text(), "external")
+    assert "synthetic cohort, site B" in section and "drop shown" in section and "0.17" in section
+    assert "576 external images of 72 subjects; 0 left out" in section and "external/summary.csv" in section
 
 
 def test_build_report_needs_the_outputs_folder(tmp_path):
@@ -226,8 +309,7 @@ def test_render_notebooks_html_writes_offline_pages(tmp_path):
         report.render_notebooks_html(tmp_path / "absent")
 
 
-def test_json_values_render_as_escaped_tables():
-    # Floats show with four significant digits; keys are escaped like values.
-    assert report._json_html({"a<b": 0.123456, "items": [1, 2]}) == (
-        '<table class="kv"><tbody><tr><th>a&lt;b</th><td>0.1235</td></tr><tr><th>items</th><td>1, 2</td></tr>'
-        "</tbody></table>")
+def test_tables_are_flat_and_scroll_in_their_own_box():
+    html = str(report.pairs_table({"a<b": 0.123456, "nested": {"x": [1, 2]}}))
+    assert html.startswith('<div class="scroll">') and "a&lt;b" in html and "0.1235" in html
+    assert "<td>{\"x\": [1, 2]}</td>" in html and html.count("<table") == 1

@@ -185,13 +185,14 @@ def test_kernel_is_not_sent_sigint_when_shutting_down(tmp_path):
 
 def test_a_second_run_on_a_locked_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path))
-    with runner.lock_outputs(tmp_path / "smoke", command="python run_all.py --profile smoke"):
+    run_folder = config.output_paths("smoke").root  # the synthetic cohort's run folder, smoke/synthetic-subject
+    with runner.lock_outputs(run_folder, command="python run_all.py --profile smoke"):
         assert run_all.main(["--profile", "smoke", "--only", "01"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "in use by another run" in captured.err
     assert f"pid {runner.os.getpid()}" in captured.err and "python run_all.py --profile smoke" in captured.err
     assert "Profile" not in captured.out, "refused before anything runs"
-    with runner.lock_outputs(tmp_path / "smoke"):  # released when the holder's block ends
+    with runner.lock_outputs(run_folder):  # released when the holder's block ends
         pass
 
 
@@ -287,7 +288,7 @@ def test_run_all_reports_ctrl_c_in_one_line_with_exit_code_130(tmp_path, monkeyp
     error = capsys.readouterr().err
     assert error == ("interrupted during 05_train_baseline_cnn; rerun with --resume to skip the notebooks that "
                      "finished\n")
-    with runner.lock_outputs(tmp_path / "smoke"):  # the lock went with the interrupted run
+    with runner.lock_outputs(config.output_paths("smoke").root):  # the lock went with the interrupted run
         pass
 
 
@@ -457,7 +458,8 @@ def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monke
     from alzlib import freshness
 
     monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path / "outputs"))
-    first, second = tmp_path / "A", tmp_path / "B"
+    # Same folder name, so the same run folder (<name>-<split>): the manifest's fingerprint tells them apart.
+    first, second = tmp_path / "one" / "data", tmp_path / "two" / "data"
     for folder in (first, second):
         (folder / "NonDemented").mkdir(parents=True)
     settings = config.load_settings("smoke", 42, first)
@@ -467,6 +469,23 @@ def test_run_all_refuses_a_notebook_after_01_on_another_data_set(tmp_path, monke
     error = capsys.readouterr().err
     assert f"made from {first.resolve()} (split subject, seed 42), not {second.resolve()}" in error
     assert f"python run_all.py --from 01 --profile smoke --data {second}" in error and error.count("\n") == 1
+
+
+def test_run_all_on_another_data_set_uses_its_own_run_folder_and_leaves_the_first_intact(tmp_path, monkeypatch,
+                                                                                         capsys):
+    from alzlib import freshness
+
+    monkeypatch.setenv("ALZ_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    first, second = tmp_path / "A", tmp_path / "B"
+    for folder in (first, second):
+        (folder / "NonDemented").mkdir(parents=True)
+    settings = config.load_settings("smoke", 42, first)
+    storage.write_parquet(settings.paths.manifest, runner.pipeline.pd.DataFrame({"path": ["a.jpg"]}))
+    storage.write_json(settings.paths.ingestion_report, {"fingerprint": freshness.manifest_fingerprint(settings)})
+    assert run_all.main(["--profile", "smoke", "--only", "02", "--data", str(second)]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'outputs' / 'smoke' / 'B-subject' / 'manifest.parquet'} does not exist" in error
+    assert settings.paths.root == tmp_path / "outputs" / "smoke" / "A-subject" and settings.paths.manifest.is_file()
 
 
 def test_speed_factor_is_the_probe_against_the_reference_and_bounded():
