@@ -125,11 +125,13 @@ def test_cohort_version_comes_from_the_profile_or_environment(monkeypatch):
     assert {profile.cohort_version for profile in config.PROFILES.values()} == {"2"}
     assert config.default_data_dir(config.get_profile("smoke")) == config.DATA_DIR / "synthetic" / "smoke"
     assert config.site_b_data_dir(config.get_profile("smoke")).name == "smoke-site-B"
+    assert config.load_settings("smoke").paths.root.name == "synthetic-subject"
     monkeypatch.setenv("ALZ_COHORT_VERSION", "1")
     settings = config.load_settings("smoke")
     assert settings.profile.cohort_version == "1" and settings.synthetic
     assert settings.data_dir == config.DATA_DIR / "synthetic" / "smoke-v1"
     assert settings.to_dict()["cohort_version"] == "1"
+    assert settings.paths.root.name == "synthetic-v1-subject"  # its own run folder beside version 2's
     monkeypatch.setenv("ALZ_COHORT_VERSION", "3")
     with pytest.raises(ValueError, match="ALZ_COHORT_VERSION must be one of 1, 2, got '3'"):
         config.get_profile("smoke")
