@@ -282,7 +282,7 @@ CONVNEXT_AUGMENTATION = [
     {"layer": "RandomTranslation", "height_factor": 0.05, "width_factor": 0.05, **_BLACK_FILL},
     {"group": [{"layer": "RandomGaussianBlur", "factor": 1.0, "kernel_size": 3, "sigma": [0.1, 1.0],
                 "value_range": [0, 255]}], "probability": 0.2},
-    {"layer": "GaussianNoise", "stddev": 5.0},  # about 2% of the 0-255 range
+    {"layer": "GaussianPixelNoise", "stddev": 5.0},  # about 2% of the 0-255 range (alzlib.augmentation)
     # factor (0.25, 0.25): RandomErasing samples its probability between the two, so each image is erased at 0.25;
     # black fill, as the background, rather than noise that no scan contains.
     {"layer": "RandomErasing", "factor": [0.25, 0.25], "fill_value": 0.0, "value_range": [0, 255]},
