@@ -95,7 +95,7 @@ def augment_batch(images, layers: list):
 
 
 def mix_strength(epoch: float, epochs: int, full_until: float = 0.5, off_from: float = 0.75) -> float:
-    """Return the Mixup/CutMix strength at `epoch` (0-based; `epochs` is 100%): 1 until full_until, linear to 0 at off_from.
+    """Return the Mixup/CutMix strength at 0-based `epoch` of `epochs`: 1 until full_until, linear to 0 at off_from.
 
     The strength is the probability that a batch is mixed (the recipe's probability 1.0 times this schedule).
     """

@@ -18,7 +18,7 @@ from alzlib.storage import atomic_path, write_json
 
 
 def system_spec(name: str, image_size: int, recipe: dict) -> dict:
-    """Return the preprocessing spec of a system: the pass-through family (it normalises inside) and its augmentation."""
+    """Return a system's preprocessing spec: the pass-through family (it normalises inside), its augmentation."""
     spec = preprocessing.preprocessing_spec("efficientnetb0", image_size)
     return {**spec, "model": name, "family": systems.PREPROCESSING_FAMILY,
             "scaling": f"none in the data pipeline; inside the model: {recipe['normalisation']}",

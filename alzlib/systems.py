@@ -67,7 +67,7 @@ class LayerScale(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="alzlib")
 class DropPath(layers.Layer):
-    """Stochastic depth: in training, drop a residual branch per sample with probability `rate` (scaled to keep the mean)."""
+    """Stochastic depth: in training, drop a residual branch per sample with probability `rate` (mean kept)."""
 
     def __init__(self, rate: float = 0.0, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -219,7 +219,7 @@ def build_resnet50_frozen(num_classes: int, image_size: int, weights: str | None
 
 
 def vit_patch_size(image_size: int) -> int:
-    """Return the ViT patch size: image_size / 8 (an 8 x 8 grid of tokens), raising ValueError when it does not divide."""
+    """Return the ViT patch size, image_size / 8 (8 x 8 tokens); ValueError when 8 does not divide it."""
     if image_size % VIT_TOKENS_PER_SIDE:
         raise ValueError(f"The ViT needs an image size divisible by {VIT_TOKENS_PER_SIDE}, got {image_size}.")
     return image_size // VIT_TOKENS_PER_SIDE
@@ -238,7 +238,7 @@ def _transformer_block(x, dim: int, heads: int, name: str):
 
 def build_vit(num_classes: int, image_size: int, weights: str | None = None, depth: int = VIT_DEPTH,
               dim: int = VIT_DIM, heads: int = VIT_HEADS):
-    """Return (model, info): a ViT (patch embedding, class token, pre-norm encoder); weights from a named file, else random."""
+    """Return (model, info): a ViT (patches, class token, pre-norm encoder); weights from a named file, else random."""
     if dim % heads:
         raise ValueError(f"The ViT's dim must divide into its heads: dim {dim}, heads {heads}.")
     patch = vit_patch_size(image_size)
@@ -362,7 +362,8 @@ SYSTEMS = {
         "convnext_scratch", build_convnext, RECIPES["convnext_scratch"],
         "Liu et al. 2022, A ConvNet for the 2020s (CVPR); Mixup (Zhang et al. 2018), CutMix (Yun et al. 2019), "
         "stochastic weight averaging (Izmailov et al. 2018), following the slice-trained ConvNeXt recipe of issue 18",
-        (f"depths {CONVNEXT_DEPTHS} and widths {CONVNEXT_WIDTHS} (1.9 M weights at 4 classes), far smaller than ConvNeXt-T, "
+        (f"depths {CONVNEXT_DEPTHS} and widths {CONVNEXT_WIDTHS} (1.9 M weights at 4 classes), far smaller "
+         "than ConvNeXt-T, "
          "for 64-128 px slices and CPU budgets", PROFILE_EPOCHS + "; warm-up capped at the epoch count",
          "random resized crop as RandomZoom(-10%..0) (Keras has no RandomResizedCrop)",
          "SWA averages the weights at the end of each epoch from 80% of the epochs; no batch-norm re-estimation "

@@ -2,9 +2,9 @@
 
 import keras
 import numpy as np
-from test_training import tiny_settings, write_manifest
 
 from alzlib import predict, preprocessing, system_training
+from test_training import tiny_settings, write_manifest
 
 
 def test_a_system_with_weight_averaging_keeps_the_average_and_a_record_prediction_reads(tmp_path, monkeypatch):
