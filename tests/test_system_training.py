@@ -1,10 +1,25 @@
 """Tests of alzlib.system_training: a system trains on tiny data and writes what prediction and evaluation read."""
 
+import importlib.util
+from pathlib import Path
+
 import keras
 import numpy as np
 
 from alzlib import predict, preprocessing, system_training
-from test_training import tiny_settings, write_manifest
+
+
+def load_training_helpers():
+    """Return test_training.py, loaded by path so its tiny manifest and settings stay defined once."""
+    specification = importlib.util.spec_from_file_location("training_fixture",
+                                                           Path(__file__).with_name("test_training.py"))
+    module = importlib.util.module_from_spec(specification)
+    specification.loader.exec_module(module)
+    return module
+
+
+HELPERS = load_training_helpers()
+tiny_settings, write_manifest = HELPERS.tiny_settings, HELPERS.write_manifest
 
 
 def test_a_system_with_weight_averaging_keeps_the_average_and_a_record_prediction_reads(tmp_path, monkeypatch):
