@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from alzlib import models
+from alzlib import config, models
 from alzlib.preprocessing import CAFFE_MEANS_BGR
 
 # Every system normalises inside the model, so its data pipeline passes 0-255 through unchanged.
@@ -383,7 +383,7 @@ SYSTEMS = {
          "the search scores validation subjects only (alzlib.search), never the test split", PROFILE_EPOCHS,
          OUR_SPLIT)),
 }
-EXTRA_MODEL_NAMES = tuple(SYSTEMS)
+EXTRA_MODEL_NAMES = config.EXTRA_MODEL_NAMES
 
 
 def check_system_name(name: str) -> System:

@@ -193,3 +193,8 @@ def test_pixel_noise_adds_noise_of_its_stddev_in_training_only():
     assert np.array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
     with pytest.raises(ValueError, match="Unknown augmentation layer 'RandomWobble'"):
         augmentation.build_system_augmentation([{"layer": "RandomWobble"}], seed=0)
+
+
+def test_the_registry_holds_exactly_the_configured_extra_systems_and_none_of_the_design_four():
+    assert tuple(systems.SYSTEMS) == systems.config.EXTRA_MODEL_NAMES
+    assert not set(systems.SYSTEMS) & set(systems.config.MODEL_NAMES)
