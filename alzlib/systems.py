@@ -357,7 +357,9 @@ SYSTEMS = {
          f"{ALEXNET_DENSE_WIDTH}: at 64 px the 4096-wide head is most of the weights and CPU time for a 2x2 map",
          "stride 1 in the first convolution instead of 4: five 2x poolings already reduce 64 px to 2x2",
          PROFILE_EPOCHS, "the profile's batch size where it is smaller than 128 (CPU memory)", OUR_SPLIT,
-         "grey repeated to 3 channels, as every model here takes")),
+         "grey repeated to 3 channels, as every model here takes",
+         "batch-norm statistics re-estimated on clean training images after every epoch (this project's rule for "
+         "every model with batch norm, training.BATCH_NORM_RULE)")),
     "convnext_scratch": System(
         "convnext_scratch", build_convnext, RECIPES["convnext_scratch"],
         "Liu et al. 2022, A ConvNet for the 2020s (CVPR); Mixup (Zhang et al. 2018), CutMix (Yun et al. 2019), "
@@ -366,8 +368,10 @@ SYSTEMS = {
          "than ConvNeXt-T, "
          "for 64-128 px slices and CPU budgets", PROFILE_EPOCHS + "; warm-up capped at the epoch count",
          "random resized crop as RandomZoom(-10%..0) (Keras has no RandomResizedCrop)",
-         "SWA averages the weights at the end of each epoch from 80% of the epochs; no batch-norm re-estimation "
-         "since ConvNeXt has only LayerNorm", OUR_SPLIT)),
+         "SWA averages the weights at the end of each epoch from 80% of the epochs, under the continuing cosine "
+         "schedule (no separate constant SWA learning rate); no batch-norm re-estimation since ConvNeXt has only "
+         "LayerNorm", "Mixup and CutMix per batch (one or the other, 50/50, as timm's switch), not per sample",
+         OUR_SPLIT)),
     "resnet50_frozen": System(
         "resnet50_frozen", build_resnet50_frozen, RECIPES["resnet50_frozen"],
         "He et al. 2016, Deep residual learning for image recognition (CVPR); frozen ImageNet backbone with a "
