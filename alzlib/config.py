@@ -20,6 +20,9 @@ SPLIT_POLICIES = ("subject", "shipped", "slice")
 # Splits that put one subject's slices on both sides on purpose: offered to demonstrate leakage, never to report.
 LEAKY_SPLIT_POLICIES = ("slice",)
 MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0")
+# The other published systems (issue 18; alzlib.systems holds their builders, recipes and citations): trained on
+# request (alzlib.system_training), never part of the four-model design.
+EXTRA_MODEL_NAMES = ("alexnet", "convnext_scratch", "resnet50_frozen", "vit")
 # Models that are not deep networks, trained beside them on the same splits and folds (alzlib.linear): every
 # comparison table carries them, so a CNN has to beat a linear model on pixels to claim anything (Wen et al. 2020).
 BASELINE_MODEL_NAMES = ("linear_pixels",)

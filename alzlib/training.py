@@ -634,10 +634,10 @@ class TrainingRun:
 
 
 def load_trained_model(path: str | Path):
-    """Load a saved model in Keras safe mode (no arbitrary code), with alzlib's SpatialAttention registered."""
+    """Load a saved model in Keras safe mode (no arbitrary code), with alzlib's custom layers registered."""
     import keras
 
-    from alzlib import models  # noqa: F401  (importing registers SpatialAttention)
+    from alzlib import models, systems  # noqa: F401  (importing registers SpatialAttention and the systems' layers)
 
     path = Path(path)
     if not path.is_file():

@@ -1,0 +1,45 @@
+"""Tests of alzlib.system_training: a system trains on tiny data and writes what prediction and evaluation read."""
+
+import importlib.util
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from alzlib import predict, preprocessing, system_training
+
+
+def load_training_helpers():
+    """Return test_training.py, loaded by path so its tiny manifest and settings stay defined once."""
+    specification = importlib.util.spec_from_file_location("training_fixture",
+                                                           Path(__file__).with_name("test_training.py"))
+    module = importlib.util.module_from_spec(specification)
+    specification.loader.exec_module(module)
+    return module
+
+
+HELPERS = load_training_helpers()
+tiny_settings, write_manifest = HELPERS.tiny_settings, HELPERS.write_manifest
+
+
+def test_a_system_with_weight_averaging_keeps_the_average_and_a_record_prediction_reads(tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path)
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=2, warmup=0)
+    images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
+    record = system_training.train_system("convnext_scratch", settings, manifest, images, verbose=0)
+    assert record["epochs_run"] == 2 and record["checkpoint"].startswith("stochastic weight average")
+    assert record["weight_averaging"]["epochs_averaged"] == [2]  # SWA from 80% of 2 epochs: the last one
+    assert record["weight_averaging"]["batch_norm_layers_reestimated"] == 0  # ConvNeXt has LayerNorm only
+    assert record["recipe"]["citation"] and record["preprocessing"]["family"] == "efficientnet"
+    predictor = predict.load_predictor(settings.paths.models / "convnext_scratch.keras")
+    inputs = preprocessing.prepare_images(list(images[:3]), predictor.spec)
+    probabilities = keras.ops.convert_to_numpy(predictor.model(inputs, training=False))
+    assert probabilities.shape == (3, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_system_without_weight_averaging_keeps_its_best_validation_epoch(tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path)
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=1, warmup=0)
+    record = system_training.train_system("alexnet", settings, manifest, verbose=0)
+    assert record["checkpoint"] == "best validation epoch (1)" and "weight_averaging" not in record
+    assert "val_macro_f1" in record["epoch_log"][0] and (settings.paths.models / "alexnet.keras").is_file()
