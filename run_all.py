@@ -6,6 +6,7 @@
     python run_all.py --data /path/to/Alzheimer_s\\ Dataset --profile full
     python run_all.py --only 09,10         # re-run some notebooks; --from 05 runs 05 to the end
     python run_all.py --folds 1            # the single split only, no cross-validation
+    python run_all.py --backend jax        # Keras on JAX (or torch); default: KERAS_BACKEND, else tensorflow
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alzlib import config, environment, freshness, runner
+from alzlib import backend, config, environment, freshness, runner
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +41,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "profile's, 5 at cpu and full); 1: the single split only")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
+    parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                        help="Keras backend of every notebook (sets KERAS_BACKEND for the kernels; default: "
+                             "KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
     parser.add_argument("--resume", action="store_true",
                         help="skip notebooks that already succeeded with the same parameters and are newer than "
@@ -51,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks; return the exit code."""
     arguments = parse_arguments(argv)
     environment.quiet_tensorflow()  # before the GPU check imports TensorFlow
+    try:
+        keras_backend = backend.check_backend(arguments.backend)
+    except (ValueError, backend.BackendMissing) as error:
+        print(f"error: {'' if arguments.backend else 'KERAS_BACKEND: '}{error}", file=sys.stderr)
+        return 2
+    # The GPU check and every notebook's kernel (which inherits this environment) use this backend; the caller's
+    # environment is restored afterwards (tests call main in-process).
+    with runner.environment_variable("KERAS_BACKEND", arguments.backend):
+        return run_selected(arguments, keras_backend)
+
+
+def run_selected(arguments: argparse.Namespace, keras_backend: str) -> int:
+    """Check the settings, then run the selected notebooks under the output lock; return the exit code."""
     if arguments.data and not arguments.data.is_dir():
         print(f"error: --data {arguments.data} is not a folder: expected the root of a data set (see README, "
               f"'Your own data').", file=sys.stderr)
@@ -78,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with runner.lock_outputs(paths.root):  # one run per output folder; released on any exit
-            print(f"Profile {profile.name} ({profile.description}); data: "
+            print(f"Profile {profile.name} ({profile.description}); backend: {keras_backend}; data: "
                   f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; outputs: {paths.root}",
                   flush=True)
             problem = stale_inputs(settings, steps)

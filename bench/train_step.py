@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     common.quiet_tensorflow()
     from alzlib import training
 
-    training.configure_precision(False)
+    training.configure_precision("float32")
     machine = common.machine_record()
     root = common.benchmark_images(arguments.image_folder, 1500, arguments.seed)
     paths = common.list_images(root)[0]
