@@ -140,7 +140,7 @@ def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers
 
 def test_recipes_record_every_hyperparameter():
     profile = config.PROFILES["full"]
-    baseline = training.training_recipe("baseline_cnn", profile)
+    baseline = training.training_recipe("baseline_cnn", profile, backend_name="tensorflow")
     assert baseline["optimizer"] == {"name": "Adam", "learning_rate": 1e-4}
     assert baseline["learning_rate_schedule"]["factor"] == 0.5 and baseline["learning_rate_schedule"]["patience"] == 3
     old_gpus = (backend.Gpu("Tesla T4", None, (7, 5)),) * 2  # memory unknown: the recipe's batch
