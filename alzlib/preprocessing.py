@@ -410,6 +410,14 @@ def _loader_class():
     return CachedImageLoader
 
 
+def first_batch(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first (images, labels) batch of a `make_dataset` pipeline as NumPy arrays (for notebooks)."""
+    import keras
+
+    images, labels = next(iter(dataset))[:2]
+    return keras.ops.convert_to_numpy(images), keras.ops.convert_to_numpy(labels)
+
+
 def augment_images(images_uint8: np.ndarray, spec: dict, seed: int) -> np.ndarray:
     """Return one augmented copy (float32 0-255, greyscale N x S x S) of each image, as training would draw it."""
     _check_arrays(images_uint8, np.zeros(len(images_uint8)), None)

@@ -298,7 +298,7 @@ def _run_metadata_section(context: _Context) -> str:
         "data source": ingestion.get("data_source"), "data folder": ingestion.get("data_dir", settings.get("data_dir")),
         "split policy": ingestion.get("split_policy", settings.get("split")), "epochs": settings.get("epochs"),
         "weights setting": settings.get("weights"), "determinism": settings.get("deterministic"),
-        "git commit": (metadata or {}).get("git_commit"),
+        "git commit": (metadata or {}).get("git_commit"), "Keras backend": (metadata or {}).get("backend"),
         "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     parts.append(_json_html(summary))

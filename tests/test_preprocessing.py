@@ -159,6 +159,8 @@ def test_training_batches_change_every_epoch_and_eval_batches_do_not(make):
     assert all(np.allclose(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))  # seeded
 
     evaluation = make(images, labels, spec, False, 8, seed=3)
+    first_images, first_labels = preprocessing.first_batch(evaluation)
+    assert isinstance(first_images, np.ndarray) and np.array_equal(first_labels, labels[:8])
     one, two = batches(evaluation), batches(evaluation)
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(one, two))
     assert np.array_equal(np.concatenate([batch[1] for batch in one]), labels)  # fixed order
