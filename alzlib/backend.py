@@ -279,6 +279,28 @@ def distribution() -> Distribution:
             "torch": _torch_distribution}[active_backend()]()
 
 
+# ----------------------------------------------------------------------------------------------- prediction
+
+
+def predict(model, inputs, batch_size: int = 32):
+    """Return model.predict(inputs) (silent), the inputs padded to whole batches on JAX and the outputs trimmed.
+
+    jax.jit compiles once per input shape: a last, partial batch of each new length would compile the model again
+    (seconds for ResNet50 on a CPU). Predictions are row by row in inference mode, so the padding changes none.
+    """
+    import numpy as np
+
+    inputs = np.asarray(inputs)
+    count, remainder = len(inputs), len(inputs) % batch_size
+    if active_backend() != "jax" or remainder == 0:
+        return model.predict(inputs, batch_size=batch_size, verbose=0)
+    padding = np.zeros((batch_size - remainder, *inputs.shape[1:]), dtype=inputs.dtype)
+    outputs = model.predict(np.concatenate([inputs, padding]), batch_size=batch_size, verbose=0)
+    if isinstance(outputs, (list, tuple)):
+        return [output[:count] for output in outputs]
+    return outputs[:count]
+
+
 # ----------------------------------------------------------------------------------------------- determinism
 
 
@@ -339,6 +361,7 @@ def _tensorflow_gradient_function(model, target_layer, compiled: bool):
 def _jax_gradient_function(model, target_layer, compiled: bool):
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     # JAX differentiates functions, not tensors: the gradient at the target layer's output is the gradient with
     # respect to a zero shift added to that output. Weights are arguments, so a compiled function reads new ones.
@@ -350,18 +373,21 @@ def _jax_gradient_function(model, target_layer, compiled: bool):
         selected = jnp.take_along_axis(scores, chosen[:, None], axis=1)[:, 0]
         return jnp.sum(selected.astype(jnp.float32)), (features, probabilities, chosen)
 
-    gradient = jax.grad(selected_scores, has_aux=True)
-    gradient = jax.jit(gradient) if compiled else gradient
+    # Always compiled, whatever `compiled` says: measured on 2 cores (ResNet50, 8 images at 64 px), the jitted pass
+    # took 7.9 s the first time and 3.1 s after, the eager one 20.7 s and 6.4 s.
+    gradient = jax.jit(jax.grad(selected_scores, has_aux=True))
 
     def call(images, chosen):
-        shape = (len(images), *model.outputs[0].shape[1:])
-        shift = jnp.zeros(shape, dtype=target_layer.compute_dtype)
+        # Padded to a power of two: each new batch length would compile again.
+        count = len(images)
+        padded = 1 << max(count - 1, 0).bit_length()
+        images = np.pad(np.asarray(images, np.float32), [(0, padded - count)] + [(0, 0)] * (np.ndim(images) - 1))
+        chosen = np.pad(np.asarray(chosen, np.int32), (0, padded - count), constant_values=-1)
+        shift = jnp.zeros((padded, *model.outputs[0].shape[1:]), dtype=target_layer.compute_dtype)
         trainable = [variable.value for variable in model.trainable_variables]
         non_trainable = [variable.value for variable in model.non_trainable_variables]
-        gradients, (features, probabilities, chosen) = gradient(shift, trainable, non_trainable,
-                                                                jnp.asarray(images, jnp.float32),
-                                                                jnp.asarray(chosen, jnp.int32))
-        return tuple(np_array(item) for item in (features, gradients, probabilities, chosen))
+        gradients, (features, probabilities, chosen) = gradient(shift, trainable, non_trainable, images, chosen)
+        return tuple(np_array(item)[:count] for item in (features, gradients, probabilities, chosen))
 
     return call
 
@@ -398,7 +424,8 @@ def class_score_gradient_function(model, target_layer, compiled: bool = False):
     `model` maps images to (target-layer features, probabilities, class scores); `target_layer` is the layer whose
     output the features are; `chosen` holds a class index per image, or -1 for the predicted class. The gradients
     are those of each image's chosen class score with respect to its features (None when the score does not
-    depend on them). `compiled` traces the pass once (tf.function, jax.jit; PyTorch runs eagerly).
+    depend on them). `compiled` traces the pass once under TensorFlow (tf.function); JAX always compiles (faster
+    even for one pass), PyTorch runs eagerly.
     """
     builders = {"tensorflow": _tensorflow_gradient_function, "jax": _jax_gradient_function,
                 "torch": _torch_gradient_function}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import config
+from alzlib import backend, config
 from alzlib.evaluation import BOOTSTRAP_RESAMPLES, CONFIDENCE, prepare_for_model, strict_json
 from alzlib.sampling import stratified_sample
 from alzlib.storage import read_json, save_figure, write_csv, write_json
@@ -514,7 +514,7 @@ def cascading_randomisation(model, images: np.ndarray, class_indices: Sequence[i
     path = (list(target_layer) if isinstance(target_layer, (list, tuple))
             else find_target_layer(model, target_layer, MIN_MAP_SIZE))
     if class_indices is None:
-        class_indices = np.asarray(model.predict(images, verbose=0)).argmax(axis=1)
+        class_indices = np.asarray(backend.predict(model, images)).argmax(axis=1)
     factory = gradcam_maps(path) if map_factory is None else map_factory
     trained = np.asarray(factory(model)(images, class_indices), dtype=np.float64)
     paths = list(reversed(weighted_layer_paths(model)))
@@ -763,8 +763,8 @@ def attention_maps(model, images: np.ndarray, batch_size: int = GRADCAM_BATCH) -
 
     from alzlib.models import attention_map_model
 
-    maps = np.asarray(attention_map_model(model).predict(np.asarray(images, np.float32), batch_size=batch_size,
-                                                         verbose=0), dtype=np.float32)[..., 0]
+    maps = np.asarray(backend.predict(attention_map_model(model), np.asarray(images, np.float32), batch_size),
+                      dtype=np.float32)[..., 0]
     height, width = images.shape[1:3]
     return np.stack([cv2.resize(item, (width, height), interpolation=cv2.INTER_LINEAR) for item in maps])
 

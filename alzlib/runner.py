@@ -600,9 +600,16 @@ def collect_warnings(summary: dict) -> list[str]:
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
                  resume: bool = False, echo=None, keras_backend: str | None = None) -> dict:
     """Run `steps` with ALZ_PROFILE (and KERAS_BACKEND when `keras_backend` is given) set for their kernels,
-    restoring the caller's environment afterwards."""
+    restoring the caller's environment afterwards.
+
+    JAX's persistent compilation cache goes to the profile's cache folder unless JAX_COMPILATION_CACHE_DIR is set:
+    measured on the smoke profile, a second ResNet50 training compiled from it took 100 s instead of 158 s, and
+    notebooks 09-12 reload the same models.
+    """
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(paths.cache / "xla")
     with environment_variable("ALZ_PROFILE", parameters["PROFILE"]), environment_variable("KERAS_BACKEND",
-                                                                                           keras_backend):
+                                                                                           keras_backend), \
+            environment_variable("JAX_COMPILATION_CACHE_DIR", cache):
         return _run_steps(steps, paths, parameters, kernel, resume, echo)
 
 
