@@ -130,12 +130,12 @@ def benchmark_model(name: str, size: int, arguments: argparse.Namespace) -> dict
     return row
 
 
-def baseline_parity(seed: int) -> dict:
+def baseline_parity() -> dict:
     """Train the baseline CNN on the cpu profile's manifest (ALZ_OUTPUTS_DIR, made by `ingest_cpu_profile`) under
-    the name baseline_cnn_<backend>; return its scores."""
+    the name baseline_cnn_<backend>, with the pipeline's default seed; return its scores."""
     from alzlib import environment, pipeline, training
 
-    settings = config.load_settings("cpu", seed, None, "subject", None, None, False, 1)
+    settings = config.load_settings("cpu", config.DEFAULT_SEED, None, "subject", None, None, False, 1)
     environment.set_seeds(settings.seed)
     manifest, _ = pipeline.load_manifest(settings)
     started = time.perf_counter()
@@ -154,7 +154,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
     rows = [benchmark_model(name, size, arguments) for size in arguments.sizes for name in arguments.models]
     result = {"rows": rows, "gpus": [gpu.name for gpu in backend.visible_gpus()]}
     if arguments.parity:
-        result["parity"] = baseline_parity(arguments.seed)
+        result["parity"] = baseline_parity()
     print(json.dumps(result))
     return 0
 
@@ -163,7 +163,7 @@ def run_worker(arguments: argparse.Namespace) -> int:
 
 
 def ingest_cpu_profile(outputs: Path) -> None:
-    """Run notebook 01 on the cpu profile into `outputs` (the manifest the parity runs train on)."""
+    """Run notebook 01 on the cpu profile (default seed) into `outputs` (the manifest the parity runs train on)."""
     environment = {**os.environ, "ALZ_OUTPUTS_DIR": str(outputs), "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([sys.executable, str(config.PROJECT_ROOT / "run_all.py"), "--profile", "cpu", "--only", "01"],
                    env=environment, check=True, stdout=subprocess.DEVNULL)
