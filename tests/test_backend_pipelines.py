@@ -50,6 +50,6 @@ def test_smoke_pipeline_runs_end_to_end_on_the_backend(keras_backend, tmp_path):
     assert summary["backend"] == keras_backend and summary["status"] == "ok"
     assert len(summary["notebooks"]) == len(list(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
     records = [json.loads(path.read_text()) for path in (outputs / "models").glob("*.json")]
-    trained = [record for record in records if "recipe" in record]
+    trained = [record for record in records if "dtype_policy" in record]  # Keras models (not linear_pixels)
     assert trained and all(record["backend"] == keras_backend for record in trained)
     assert (outputs / "report.html").is_file()
