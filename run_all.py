@@ -8,6 +8,7 @@
     python run_all.py --folds 1            # the single split only, no cross-validation
     python run_all.py --data /data/kaggle --external-data /data/oasis   # train on one set, also test on another
     python run_all.py --cohort-version 1   # the earlier synthetic cohort (no second site), for comparison
+    python run_all.py --backend jax        # Keras on JAX (or torch); default: KERAS_BACKEND, else tensorflow
 
 Each data set and split policy gets its own run folder, outputs/<profile>/<data-name>-<split>/ (the synthetic cohort:
 outputs/cpu/synthetic-subject/); outputs/runs.csv and outputs/index.html list every run with its headline numbers.
@@ -16,11 +17,10 @@ outputs/cpu/synthetic-subject/); outputs/runs.csv and outputs/index.html list ev
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from alzlib import config, environment, freshness, runner, runs
+from alzlib import backend, config, environment, freshness, runner, runs
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +53,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "1: the earlier cohort); sets ALZ_COHORT_VERSION for every notebook")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
+    parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                        help="Keras backend of every notebook (sets KERAS_BACKEND for the kernels; default: "
+                             "KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' python3)")
     parser.add_argument("--resume", action="store_true",
                         help="skip notebooks that already succeeded with the same parameters and are newer than "
@@ -64,13 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected notebooks; return the exit code."""
     arguments = parse_arguments(argv)
     environment.quiet_tensorflow()  # before the GPU check imports TensorFlow
+    try:
+        keras_backend = backend.check_backend(arguments.backend)
+    except (ValueError, backend.BackendMissing) as error:
+        print(f"error: {'' if arguments.backend else 'KERAS_BACKEND: '}{error}", file=sys.stderr)
+        return 2
+    # The GPU check and every notebook's kernel (which inherits this environment) use this backend; the caller's
+    # environment is restored afterwards (tests call main in-process).
+    # ALZ_COHORT_VERSION: read by config.get_profile here and in every kernel.
+    with runner.environment_variable("KERAS_BACKEND", arguments.backend), \
+            runner.environment_variable("ALZ_COHORT_VERSION", arguments.cohort_version):
+        return run_selected(arguments, keras_backend)
+
+
+def run_selected(arguments: argparse.Namespace, keras_backend: str) -> int:
+    """Check the settings, then run the selected notebooks under the output lock; return the exit code."""
     for option, folder in (("--data", arguments.data), ("--external-data", arguments.external_data)):
         if folder and not folder.is_dir():
             print(f"error: {option} {folder} is not a folder: expected the root of a data set (see README, "
                   f"'Your own data').", file=sys.stderr)
             return 2
-    if arguments.cohort_version:
-        os.environ["ALZ_COHORT_VERSION"] = arguments.cohort_version  # read by config.get_profile here and in kernels
     try:
         profile = config.get_profile(arguments.profile)
     except ValueError as error:
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with runner.lock_outputs(paths.root):  # one run per output folder; released on any exit
-            print(f"Profile {profile.name} ({profile.description}); data: "
+            print(f"Profile {profile.name} ({profile.description}); backend: {keras_backend}; data: "
                   f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; outputs: {paths.root}",
                   flush=True)
             problem = stale_inputs(settings, steps)

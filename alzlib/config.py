@@ -147,14 +147,11 @@ PROFILES = {
 
 
 def gpu_available() -> bool:
-    """Return True when TensorFlow sees at least one GPU (imports TensorFlow lazily, its start-up lines silenced)."""
-    try:
-        with _native_stderr_silenced():
-            import tensorflow as tf
+    """Return True when the Keras backend sees at least one GPU (imported lazily, its start-up lines silenced)."""
+    from alzlib import backend
 
-            return bool(tf.config.list_physical_devices("GPU"))
-    except ImportError:
-        return False
+    with _native_stderr_silenced():
+        return bool(backend.visible_gpus())
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import config
+from alzlib import backend, config
 from alzlib.metrics import ORDINAL_METRICS, confusion_scores, mean_absolute_stage_error, quadratic_weighted_kappa
 from alzlib.storage import read_json, save_figure, write_csv, write_json, write_parquet
 
@@ -524,7 +524,7 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np
     """Return the model's class probabilities for model-ready images, predicted in batches."""
     if len(images) == 0:
         raise ValueError("No images to predict.")
-    outputs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    outputs = np.asarray(backend.predict(model, images, batch_size), dtype=np.float64)
     if outputs.ndim != 2:
         raise ValueError(f"The model must output one score per class (2-D); it gave shape {outputs.shape}.")
     # A model that ends in logits is scored on their softmax so every later step sees probabilities.
@@ -557,10 +557,10 @@ def predict_with_logits(model, images: np.ndarray, batch_size: int = 32) -> tupl
     if final is None:
         return predict_probabilities(model, images, batch_size), None, "none: the model does not end in a Dense layer"
     if final.activation.__name__ == "linear":
-        logits = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+        logits = np.asarray(backend.predict(model, images, batch_size), dtype=np.float64)
         return softmax(logits), logits, "model output (final Dense without activation)"
     both = keras.Model(model.inputs, [final.input, model.outputs[0]])
-    features, probabilities = both.predict(images, batch_size=batch_size, verbose=0)
+    features, probabilities = backend.predict(both, images, batch_size)
     kernel = np.asarray(keras.ops.convert_to_numpy(final.kernel), dtype=np.float64)
     bias = (np.asarray(keras.ops.convert_to_numpy(final.bias), dtype=np.float64) if final.use_bias
             else np.zeros(kernel.shape[1]))

@@ -3,7 +3,8 @@
 The checks: model randomisation (independent and cascading, Adebayo et al. 2018) and, where ground-truth masks
 exist, localisation as an AUROC against two nulls (the re-initialised model's map and the class's mean mask).
 
-Runs on the TensorFlow backend only (gradients through `tf.GradientTape`).
+Runs on every Keras backend: the one per-backend step, the class score's gradient at the target layer, is in
+`alzlib.backend`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import config
+from alzlib import backend, config
 from alzlib.evaluation import BOOTSTRAP_RESAMPLES, CONFIDENCE, prepare_for_model, strict_json
 from alzlib.sampling import stratified_sample
 from alzlib.storage import read_json, save_figure, write_csv, write_json
@@ -234,8 +235,8 @@ class GradCam:
     model: object
     target_path: list[str]
     gradient_model: object
-    # A traced graph is 4-18x faster per pass on 2 cores at 64 px (ResNet50, baseline CNN) but tracing ResNet50
-    # takes seconds: worth it for the cascade's dozens of passes, not for one pass over a few images.
+    # A traced graph is 4-18x faster per pass on 2 cores at 64 px (ResNet50, baseline CNN, TensorFlow) but tracing
+    # ResNet50 takes seconds: worth it for the cascade's dozens of passes, not for one pass over a few images.
     compiled: bool = False
     _graph: object = field(default=None, init=False, repr=False)
 
@@ -244,7 +245,7 @@ class GradCam:
               compiled: bool = False) -> GradCam:
         """Build Grad-CAM for `model` at `target_layer`: a name, a path of names, or None (find_target_layer's rule).
 
-        `compiled` runs each batch through one traced TensorFlow graph (weights read at each call).
+        `compiled` runs each batch through one traced function (tf.function or jax.jit; weights read at each call).
         """
         path = (list(target_layer) if isinstance(target_layer, (list, tuple))
                 else find_target_layer(model, target_layer, min_map_size))
@@ -261,35 +262,22 @@ class GradCam:
         """'logit' when the class score is taken before the softmax, else 'output'."""
         return self.gradient_model.score_kind
 
-    def _maps(self, inputs, chosen):
-        """Return (signed feature-resolution CAMs before the ReLU, probabilities, classes); chosen < 0: predicted."""
-        import tensorflow as tf
+    def _batch(self, images: np.ndarray, class_indices: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Return (signed feature-resolution CAMs before the ReLU, probabilities, class indices) of one batch."""
+        from alzlib import backend
 
-        with tf.GradientTape() as tape:
-            features, probabilities, scores = self.gradient_model(inputs, training=False)
-            chosen = tf.where(chosen < 0, tf.argmax(probabilities, axis=1, output_type=tf.int32), chosen)
-            selected = tf.gather(scores, chosen, axis=1, batch_dims=1)
-        gradients = tape.gradient(selected, features)
+        if self._graph is None:
+            self._graph = backend.class_score_gradient_function(
+                self.gradient_model, layer_at(self.model, self.target_path), self.compiled)
+        chosen = np.full(len(images), -1) if class_indices is None else np.asarray(class_indices)
+        features, gradients, probabilities, chosen = self._graph(images, chosen.astype(np.int32))
         if gradients is None:
             raise ValueError(f"No gradient reaches {'/'.join(self.target_path)}: the class score does not "
                              f"depend on it.")
-        # Under mixed precision the features are float16: the map is formed in float32.
-        features, gradients = tf.cast(features, tf.float32), tf.cast(gradients, tf.float32)
-        weights = tf.reduce_mean(gradients, axis=(1, 2))
-        return tf.einsum("bhwc,bc->bhw", features, weights), tf.cast(probabilities, tf.float32), chosen
-
-    def _batch(self, images: np.ndarray, class_indices: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Return (signed feature-resolution CAMs before the ReLU, probabilities, class indices) of one batch."""
-        import tensorflow as tf
-
-        if self.compiled and self._graph is None:
-            self._graph = tf.function(self._maps, input_signature=[
-                tf.TensorSpec([None, *images.shape[1:]], tf.float32), tf.TensorSpec([None], tf.int32)])
-        chosen = np.full(len(images), -1) if class_indices is None else np.asarray(class_indices)
-        run = self._graph if self.compiled else self._maps
-        signed, probabilities, chosen = run(tf.convert_to_tensor(images, dtype=tf.float32),
-                                            tf.convert_to_tensor(chosen, dtype=tf.int32))
-        return signed.numpy(), probabilities.numpy(), chosen.numpy()
+        # Under mixed precision the features are float16 or bfloat16: the map is formed in float32.
+        features, gradients = features.astype(np.float32), gradients.astype(np.float32)
+        weights = gradients.mean(axis=(1, 2))
+        return np.einsum("bhwc,bc->bhw", features, weights), probabilities.astype(np.float32), chosen
 
     def compute(self, images: np.ndarray, class_indices: Sequence[int] | None = None,
                 batch_size: int = GRADCAM_BATCH) -> dict:
@@ -526,7 +514,7 @@ def cascading_randomisation(model, images: np.ndarray, class_indices: Sequence[i
     path = (list(target_layer) if isinstance(target_layer, (list, tuple))
             else find_target_layer(model, target_layer, MIN_MAP_SIZE))
     if class_indices is None:
-        class_indices = np.asarray(model.predict(images, verbose=0)).argmax(axis=1)
+        class_indices = np.asarray(backend.predict(model, images)).argmax(axis=1)
     factory = gradcam_maps(path) if map_factory is None else map_factory
     trained = np.asarray(factory(model)(images, class_indices), dtype=np.float64)
     paths = list(reversed(weighted_layer_paths(model)))
@@ -783,8 +771,8 @@ def attention_maps(model, images: np.ndarray, batch_size: int = GRADCAM_BATCH) -
 
     from alzlib.models import attention_map_model
 
-    maps = np.asarray(attention_map_model(model).predict(np.asarray(images, np.float32), batch_size=batch_size,
-                                                         verbose=0), dtype=np.float32)[..., 0]
+    maps = np.asarray(backend.predict(attention_map_model(model), np.asarray(images, np.float32), batch_size),
+                      dtype=np.float32)[..., 0]
     height, width = images.shape[1:3]
     return np.stack([cv2.resize(item, (width, height), interpolation=cv2.INTER_LINEAR) for item in maps])
 

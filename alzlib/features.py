@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from alzlib import sampling, storage
+from alzlib import backend, sampling, storage
 from alzlib.metrics import balanced_accuracy
 
 MANIFEST_COLUMNS = ("path", "label", "subject_id", "split")
@@ -330,8 +330,9 @@ def model_embeddings(extractor, spec: dict, manifest: pd.DataFrame, batch_size: 
     from alzlib import preprocessing
 
     images = load_images(manifest, int(spec["image_size"]))
-    embeddings = [np.asarray(extractor.predict(preprocessing.prepare_images(images[start:start + batch_size], spec),
-                                               verbose=0), dtype=np.float64)
+    embeddings = [np.asarray(backend.predict(extractor, preprocessing.prepare_images(images[start:start + batch_size],
+                                                                                     spec), batch_size),
+                             dtype=np.float64)
                   for start in range(0, len(images), batch_size)]
     return np.concatenate(embeddings).reshape(len(images), -1)
 

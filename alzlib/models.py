@@ -167,7 +167,7 @@ def zero_init_residuals(backbone) -> int:
     """
     norms = residual_batch_norms(backbone)
     for layer in norms:
-        layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+        layer.gamma.assign(keras.ops.zeros(layer.gamma.shape, layer.gamma.dtype))  # zeros_like(variable) fails on JAX
     return len(norms)
 
 

@@ -529,6 +529,9 @@ def _run_section(context: _Context) -> Section:
                           "split policy": settings.get("split"), "epochs": settings.get("epochs"),
                           "weights setting": settings.get("weights") or "imagenet (default)",
                           "deterministic": settings.get("deterministic"), "folds": settings.get("folds"),
+                          "Keras backend": metadata.get("backend", "not recorded"),
+                          "cohort version": settings.get("cohort_version"),
+                          "external test data": settings.get("external_data"),
                           "git commit": metadata.get("git_commit"),
                           "report built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}))
     section.notes += [f"Run details taken from {source} (run_metadata.json is missing)."] \

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alzlib import config, freshness, pipeline
+from alzlib import backend, config, freshness, pipeline
 from alzlib.storage import read_json, write_json
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
@@ -608,18 +608,35 @@ def collect_warnings(summary: dict) -> list[str]:
 
 
 def run_pipeline(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None = None,
-                 resume: bool = False, echo=None) -> dict:
-    """Run `steps` with ALZ_PROFILE set for their kernels, restoring the caller's environment afterwards."""
-    saved = os.environ.get("ALZ_PROFILE")
-    os.environ["ALZ_PROFILE"] = parameters["PROFILE"]
-    try:
+                 resume: bool = False, echo=None, keras_backend: str | None = None) -> dict:
+    """Run `steps` with ALZ_PROFILE (and KERAS_BACKEND when `keras_backend` is given) set for their kernels,
+    restoring the caller's environment afterwards.
+
+    JAX's persistent compilation cache goes to the profile's cache folder unless JAX_COMPILATION_CACHE_DIR is set:
+    measured on the smoke profile, a second ResNet50 training compiled from it took 100 s instead of 158 s, and
+    notebooks 09-12 reload the same models.
+    """
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(paths.cache / "xla")
+    with environment_variable("ALZ_PROFILE", parameters["PROFILE"]), environment_variable("KERAS_BACKEND",
+                                                                                           keras_backend), \
+            environment_variable("JAX_COMPILATION_CACHE_DIR", cache):
         return _run_steps(steps, paths, parameters, kernel, resume, echo)
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str | None) -> Iterator[None]:
+    """Set environment variable `name` to `value` (None: leave it) for the block, then restore it."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
     finally:
-        # A caller in the same process (a test session, a notebook) must not inherit this run's profile.
+        # A caller in the same process (a test session, a notebook) must not inherit this run's settings.
         if saved is None:
-            os.environ.pop("ALZ_PROFILE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["ALZ_PROFILE"] = saved
+            os.environ[name] = saved
 
 
 def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters: dict, kernel: str | None,
@@ -635,12 +652,15 @@ def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters:
     echo = echo or functools.partial(print, flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = load_summary(paths)
+    keras_backend = backend.requested_backend()
+    if previous.get("backend", keras_backend) != keras_backend:
+        previous = {}  # --resume reruns every notebook on another backend
     data_dir = data_folder(parameters)
     fingerprint = freshness.data_fingerprint(data_dir)
     kept_fingerprint = previous.get("data_fingerprint") if previous.get("parameters") == parameters else None
     summary = {"profile": parameters["PROFILE"], "parameters": parameters, "data_fingerprint": kept_fingerprint,
-               "kernel": kernel or "notebook default", "started": _now(), "status": "running", "notebooks": [],
-               "total_seconds": 0.0}
+               "kernel": kernel or "notebook default", "backend": keras_backend, "started": _now(),
+               "status": "running", "notebooks": [], "total_seconds": 0.0}
     newer_than = 0.0
     with kernel_folder() as kernels:
         for index, step in enumerate(steps, start=1):

@@ -16,16 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alzlib import config, environment, preprocessing
+from alzlib import backend, config, environment, preprocessing
 from alzlib.metrics import balanced_accuracy
 from alzlib.storage import atomic_path, read_json, save_figure, write_json
 
 CHECKPOINT_MONITOR = "val_balanced_accuracy"
 CHECKPOINT_RULE = ("highest validation balanced accuracy (mean per-class recall on the val split, computed in a "
                    "callback each epoch); ties go to the lower validation loss; the test split is never used")
-# Measured on the 2-core CPU (see the training notes in the report): several train steps per tf.function call cut
-# Python overhead per step; on a GPU Keras' default of 1 is kept with XLA doing the fusion.
-CPU_STEPS_PER_EXECUTION = 4
+# Several train steps per compiled call on a CPU, 1 on a GPU: decided with precision and compilation per backend in
+# alzlib.backend.execution_settings (measured there).
+CPU_STEPS_PER_EXECUTION = backend.CPU_STEPS_PER_EXECUTION
+# Batch scaling to the GPU's memory (alzlib.backend.batch_scale) with the learning rate scaled alike (Goyal et al.
+# 2017) needs a warm-up: the transfer recipe has one; the baseline's ReduceLROnPlateau recipe keeps its batch.
+BATCH_SCALING_RULE = ("per-replica batch x{scale} to fill the GPU's memory, learning rate x{scale} (linear scaling "
+                      "with the recipe's warm-up); allowed for recipes with a warm-up only")
 # Batch-norm statistics are re-estimated after every epoch on this many un-augmented training images (fewer when
 # the train split is smaller). Measured on the cpu-profile cohort: moving statistics gathered on augmented batches
 # (rotations up to 72 degrees, 20% zoom) made the inference-mode baseline predict one class for every image (val
@@ -99,8 +103,10 @@ def validation_scores(labels: np.ndarray, probabilities: np.ndarray, label_smoot
             "val_balanced_accuracy": balanced_accuracy(labels, predictions), "val_macro_f1": float(macro_f1)}
 
 
-def training_recipe(name: str, profile: config.Profile, replicas: int = 1, gpu: bool = False) -> dict:
-    """Return every hyperparameter of how `name` trains under `profile` (JSON-ready)."""
+def training_recipe(name: str, profile: config.Profile, gpus: tuple[backend.Gpu, ...] = (), replicas: int = 1,
+                    backend_name: str | None = None) -> dict:
+    """Return every hyperparameter of how `name` trains under `profile` on `gpus` (none: a CPU) and `replicas`
+    devices of backend `backend_name` (default: the requested one). JSON-ready."""
     from alzlib import models
 
     models.check_model_name(name)
@@ -113,31 +119,48 @@ def training_recipe(name: str, profile: config.Profile, replicas: int = 1, gpu: 
             recipe["learning_rate_schedule"]["base_learning_rate"] = float(profile.model_learning_rates[name])
     if name != "baseline_cnn":
         recipe["learning_rate_schedule"].update(warmup_epochs=min(profile.warmup_epochs, epochs), total_epochs=epochs)
+    scaling_allowed = name != "baseline_cnn" and profile.warmup_epochs > 0
+    execution = backend.execution_settings(backend_name or backend.requested_backend(), list(gpus),
+                                           profile.image_size, scaling_allowed, replicas)
+    scale = execution.batch_scale
+    if scale > 1:
+        for key in ("learning_rate", "base_learning_rate"):
+            for part in ("optimizer", "learning_rate_schedule"):
+                if key in recipe[part]:
+                    recipe[part][key] = recipe[part][key] * scale
     recipe.update({
         "epochs": epochs,
         "early_stopping": None,
-        "batch_size_per_replica": profile.batch_size,
+        "batch_size_per_replica": profile.batch_size * scale,
         "replicas": replicas,
-        "global_batch_size": profile.batch_size * replicas,
+        "global_batch_size": profile.batch_size * scale * replicas,
+        "batch_scaling": (BATCH_SCALING_RULE.format(scale=scale) if scale > 1 else
+                          "none: the recipe's batch" + ("" if scaling_allowed else " (this recipe has no warm-up)")),
         "class_weighting": "balanced (sklearn formula) as per-sample weights in the loss",
         "checkpoint": CHECKPOINT_RULE,
         "checkpoint_monitor": CHECKPOINT_MONITOR,
-        "mixed_precision": bool(gpu),
-        "jit_compile": bool(gpu and replicas == 1),
-        "steps_per_execution": 1 if gpu else CPU_STEPS_PER_EXECUTION,
+        "backend": execution.backend,
+        "mixed_precision": execution.dtype_policy != "float32",
+        "dtype_policy": execution.dtype_policy,
+        "loss_scaling": execution.loss_scaling,
+        "jit_compile": execution.jit_compile,
+        "steps_per_execution": execution.steps_per_execution,
+        "execution": execution.to_dict(),
         "metrics": ["accuracy"],
         "batch_norm_statistics": BATCH_NORM_RULE.format(images=BATCH_NORM_IMAGES, batch=BATCH_NORM_BATCH),
     })
     return recipe
 
 
-def configure_precision(gpu: bool) -> str:
-    """Set Keras' global dtype policy: mixed_float16 on a GPU, float32 otherwise; return its name."""
+def configure_precision(policy: str = "float32") -> str:
+    """Set Keras' global dtype policy (float32, mixed_bfloat16 or mixed_float16); return its name.
+
+    Under mixed_float16 Keras' compile() wraps the optimizer in a LossScaleOptimizer (dynamic loss scaling).
+    """
     import keras
 
-    policy = "mixed_float16" if gpu else "float32"
     keras.config.set_dtype_policy(policy)
-    return policy
+    return keras.config.dtype_policy().name
 
 
 def compile_model(model, recipe: dict) -> None:
@@ -284,10 +307,8 @@ def best_checkpoint(path: Path, best: dict):
 
 
 def tensorboard_available() -> bool:
-    """True when the tensorboard package (which writes TensorBoard logs) is installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
+    """True when TensorBoard logs can be written (Keras' callback needs the tensorboard and tensorflow packages)."""
+    return backend.tensorboard_available()
 
 
 def _schedule_callback(recipe: dict):
@@ -491,8 +512,6 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     models.check_model_name(name)
     output_name = output_name or name
     environment.set_seeds(settings.seed, settings.deterministic)
-    gpu = config.gpu_available()
-    policy = configure_precision(gpu)
     if images is None:
         images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
     if len(images) != len(manifest):
@@ -506,27 +525,30 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     train_images, train_labels = split_arrays(trained, trained_images, "train")
     val_images, val_labels = split_arrays(trained, trained_images, "val")
     class_weights = balanced_class_weights(train_labels, len(class_names))
-    strategy = environment.distribution_strategy()
-    recipe, spec = apply_budget(training_recipe(name, settings.profile, strategy.num_replicas_in_sync, gpu),
+    engine = backend.distribution()
+    recipe, spec = apply_budget(training_recipe(name, settings.profile, tuple(backend.visible_gpus()), engine.replicas),
                                 preprocessing.preprocessing_spec(name, settings.profile.image_size), budget)
+    policy = configure_precision(recipe["dtype_policy"])
     paths = _output_paths(settings, output_name)
     records, best = _start_or_resume(paths)
     paths["folder"].mkdir(parents=True, exist_ok=True)
     resuming = bool(records)
-    with strategy.scope():
+    # Built and trained inside the engine's scope: tf.distribute places variables there, and JAX's DataParallel
+    # shards each batch across devices only while its distribution is set.
+    with engine.scope():
         model, info = models.build_model(name, len(class_names), settings.profile.image_size,
                                          settings.weights or "imagenet")
         if budget and budget.get("dropout") is False:
             info["dropout_layers_switched_off"] = switch_off_dropout(model)
         compile_model(model, recipe)
-    train_dataset, val_dataset, norm_dataset = _datasets(
-        spec, (train_images, train_labels), (val_images, val_labels), len(class_names), recipe["global_batch_size"],
-        settings.seed, class_weights, recipe["loss"]["labels"] == "one-hot")
-    callbacks = [*_callbacks(recipe, paths, val_dataset, val_labels, norm_dataset, records, best, resuming),
-                 *extra_callbacks]
-    started = time.perf_counter()
-    model.fit(train_dataset, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
-    seconds = time.perf_counter() - started
+        train_dataset, val_dataset, norm_dataset = _datasets(
+            spec, (train_images, train_labels), (val_images, val_labels), len(class_names),
+            recipe["global_batch_size"], settings.seed, class_weights, recipe["loss"]["labels"] == "one-hot")
+        callbacks = [*_callbacks(recipe, paths, val_dataset, val_labels, norm_dataset, records, best, resuming),
+                     *extra_callbacks]
+        started = time.perf_counter()
+        model.fit(train_dataset, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
+        seconds = time.perf_counter() - started
     if not recipe.get("checkpoint_monitor") and records:
         best["epoch"] = records[-1]["epoch"]  # a fixed budget keeps its last epoch
     if paths["checkpoint"].is_file():
@@ -543,7 +565,7 @@ def train_model(name: str, settings: config.Settings, manifest: pd.DataFrame, im
     save_figure(figure, paths["curves"])
     run = TrainingRun(architecture=name, output_name=output_name, settings=settings, manifest=manifest,
                       recipe=recipe, spec=spec, info=info, class_names=class_names, class_weights=class_weights,
-                      strategy_name=type(strategy).__name__, dtype_policy=policy, paths=paths,
+                      strategy_name=engine.name, dtype_policy=policy, paths=paths,
                       train_images=len(train_labels), val_images=len(val_labels), control=control, fold=fold,
                       train_subset=train_subset, records=records,
                       best=best, resumed=resuming, checkpoint=checkpoint, seconds=seconds)
@@ -619,6 +641,7 @@ class TrainingRun:
             "checkpoint": self.checkpoint,
             "training_seconds": round(self.seconds, 2),
             "epoch_seconds": [round(record["seconds"], 2) for record in self.records],
+            "backend": self.recipe.get("backend"),
             "strategy": self.strategy_name,
             "global_batch_size": self.recipe["global_batch_size"],
             "dtype_policy": self.dtype_policy,
@@ -628,7 +651,7 @@ class TrainingRun:
             "files": {"model": paths["model"].name, "history": str(paths["history"]), "log": str(paths["csv"]),
                       "curves": str(paths["curves"]),
                       "tensorboard": str(paths["tensorboard"]) if tensorboard_available() else
-                      "skipped: the tensorboard package is not installed (pip install tensorboard)"},
+                      "skipped: Keras writes TensorBoard logs through TensorFlow, which is not installed"},
             "run": environment.run_metadata(self.settings),
         }
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     common.quiet_tensorflow()
     from alzlib import training
 
-    training.configure_precision(False)
+    training.configure_precision("float32")
     machine = common.machine_record()
     rows = [benchmark_model(name, size, arguments) for size in arguments.sizes for name in arguments.models]
     common.print_table(rows, ["model", "image_size", "parameters", "latency_ms_median", "latency_ms_p90",

@@ -3,7 +3,7 @@
 # Run on an otherwise idle machine; each step's output is also kept in outputs/bench/logs/.
 #
 #   bash bench/run_all.sh            # TensorFlow benchmarks (input pipeline, train step, inference, notebook times)
-#   BENCH_JAX=1 bash bench/run_all.sh  # also the JAX-backend train step (needs jax installed; use on a GPU machine)
+#   BENCH_BACKENDS=1 bash bench/run_all.sh  # also images/s per Keras backend installed, and the baseline's parity
 #
 # Hours on a 2-core CPU (train_step and inference at 224 px dominate); minutes on a GPU.
 set -euo pipefail
@@ -26,7 +26,7 @@ run input_pipeline_224 python bench/input_pipeline.py --images 1500 --image-size
 run train_step python bench/train_step.py --sizes 64,224
 run inference python bench/inference.py --sizes 64,224
 run notebook_times python bench/notebook_times.py --profile cpu
-if [[ "${BENCH_JAX:-0}" == "1" ]]; then
-  run jax_train_step env KERAS_BACKEND=jax python bench/jax_train_step.py --sizes 64,224 --steps 50
+if [[ "${BENCH_BACKENDS:-0}" == "1" ]]; then
+  run backends python bench/backends.py --sizes 64,224 --parity
 fi
 echo "== done: JSON files in $outputs/bench/"

@@ -75,7 +75,7 @@ def build_compiled_model(name: str, size: int, arguments: argparse.Namespace) ->
     if arguments.trainable == "recipe" and name in models.FROZEN_LAYERS:
         info.update(models.freeze_layers(model.get_layer(info["backbone"]), models.FROZEN_LAYERS[name]))
         info.update(models.parameter_counts(model))
-    recipe = training.training_recipe(name, profile_for_size(size), gpu=False)
+    recipe = training.training_recipe(name, profile_for_size(size))
     if arguments.steps_per_execution:
         recipe["steps_per_execution"] = arguments.steps_per_execution
     if arguments.jit_compile != "recipe":
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     common.quiet_tensorflow()
     from alzlib import training
 
-    training.configure_precision(False)
+    training.configure_precision("float32")
     machine = common.machine_record()
     root = common.benchmark_images(arguments.image_folder, 1500, arguments.seed)
     paths = common.list_images(root)[0]

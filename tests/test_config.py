@@ -99,18 +99,6 @@ def test_paths_are_built_from_project_root():
     assert isinstance(config.DATA_DIR, Path)
 
 
-def test_cluster_config_reads_tf_config_and_names_bad_json(monkeypatch):
-    from alzlib import environment
-
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert environment.cluster_config() == {}
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}')
-    assert environment.cluster_config() == {"worker": ["a:1", "b:1"]}
-    monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
-        environment.cluster_config()
-
-
 def test_the_gpu_check_prints_no_tensorflow_start_up_lines():
     result = subprocess.run([sys.executable, "-c", "from alzlib import config; print(config.gpu_available())"],
                             capture_output=True, text=True, timeout=300,

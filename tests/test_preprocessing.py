@@ -3,6 +3,7 @@
 import hashlib
 import json
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -127,20 +128,25 @@ def test_prepare_images_applies_each_family():
             "baseline_cnn", 32))
 
 
-# ----------------------------------------------------------------------------------------------- tf.data
+# ----------------------------------------------------------------------------------------------- input pipelines
 
 
 def batches(dataset) -> list:
-    """Return one pass over a dataset as a list of NumPy tuples."""
-    return [tuple(np.asarray(part) for part in batch) for batch in dataset]
+    """Return one epoch of a dataset as a list of NumPy tuples (a PyDataset is told the epoch ended, as fit does)."""
+    epoch = [tuple(np.asarray(part) for part in batch) for batch in dataset]
+    if hasattr(dataset, "on_epoch_end"):
+        dataset.on_epoch_end()
+    return epoch
 
 
-def test_training_batches_change_every_epoch_and_eval_batches_do_not():
+# make_dataset is tf.data under TensorFlow and the PyDataset elsewhere; make_loader is the PyDataset everywhere.
+@pytest.mark.parametrize("make", [preprocessing.make_dataset, preprocessing.make_loader])
+def test_training_batches_change_every_epoch_and_eval_batches_do_not(make):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
     labels = np.arange(20)
     spec = preprocessing.preprocessing_spec("resnet50", 32)
-    train = preprocessing.make_dataset(images, labels, spec, True, 8, seed=3, sample_weights=np.ones(20))
+    train = make(images, labels, spec, True, 8, seed=3, sample_weights=np.ones(20))
     first, second = batches(train), batches(train)
     assert [part.shape for part in first[0]] == [(8, 32, 32, 3), (8,), (8,)]
     assert not np.array_equal(first[0][1], second[0][1])  # reshuffled
@@ -149,10 +155,12 @@ def test_training_batches_change_every_epoch_and_eval_batches_do_not():
     first_images = np.concatenate([batch[0] for batch in first])[same_order[0]]
     second_images = np.concatenate([batch[0] for batch in second])[same_order[1]]
     assert not np.allclose(first_images, second_images)  # augmented afresh
-    again = batches(preprocessing.make_dataset(images, labels, spec, True, 8, seed=3, sample_weights=np.ones(20)))
+    again = batches(make(images, labels, spec, True, 8, seed=3, sample_weights=np.ones(20)))
     assert all(np.allclose(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))  # seeded
 
-    evaluation = preprocessing.make_dataset(images, labels, spec, False, 8, seed=3)
+    evaluation = make(images, labels, spec, False, 8, seed=3)
+    first_images, first_labels = preprocessing.first_batch(evaluation)
+    assert isinstance(first_images, np.ndarray) and np.array_equal(first_labels, labels[:8])
     one, two = batches(evaluation), batches(evaluation)
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(one, two))
     assert np.array_equal(np.concatenate([batch[1] for batch in one]), labels)  # fixed order
@@ -160,14 +168,31 @@ def test_training_batches_change_every_epoch_and_eval_batches_do_not():
     assert np.allclose(np.concatenate([batch[0] for batch in one]), prepared, atol=1e-4)
 
 
-def test_make_dataset_rejects_misaligned_or_non_uint8_input():
+@pytest.mark.parametrize("make", [preprocessing.make_dataset, preprocessing.make_loader])
+def test_make_dataset_rejects_misaligned_or_non_uint8_input(make):
     spec = preprocessing.preprocessing_spec("baseline_cnn", 16)
     with pytest.raises(ValueError, match="uint8"):
-        preprocessing.make_dataset(np.zeros((4, 16, 16), np.float32), np.zeros(4), spec, False, 2, 0)
+        make(np.zeros((4, 16, 16), np.float32), np.zeros(4), spec, False, 2, 0)
     with pytest.raises(ValueError, match="3 labels for 4 images"):
-        preprocessing.make_dataset(np.zeros((4, 16, 16), np.uint8), np.zeros(3), spec, False, 2, 0)
+        make(np.zeros((4, 16, 16), np.uint8), np.zeros(3), spec, False, 2, 0)
     with pytest.raises(ValueError, match="spec"):
-        preprocessing.make_dataset(np.zeros((4, 16, 16), np.uint8), np.zeros(4), {"family": "x"}, False, 2, 0)
+        make(np.zeros((4, 16, 16), np.uint8), np.zeros(4), {"family": "x"}, False, 2, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        make(np.zeros((4, 16, 16), np.uint8), np.zeros(4), spec, False, 0, 0)
+
+
+def test_the_loader_augments_like_the_training_pipeline_and_feeds_fit():
+    images = np.random.default_rng(2).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    spec = preprocessing.preprocessing_spec("baseline_cnn", 32)
+    loader = preprocessing.make_loader(images, np.arange(6) % 2, spec, True, 4, seed=5)
+    assert len(loader) == 2 and loader[1][0].shape == (2, 32, 32, 3)
+    with pytest.raises(IndexError):
+        loader[2]
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    history = model.fit(loader, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and loader.epoch >= 2  # fit ends each epoch: a new order each time
 
 
 def test_notebook_helpers_plot_and_summarise(tmp_path):

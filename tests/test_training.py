@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from alzlib import config, controls, models, preprocessing, training
+from alzlib import backend, config, controls, models, preprocessing, training
 from alzlib.storage import write_json
 
 IMAGE_SIZE = 32
@@ -140,15 +140,34 @@ def test_batch_norm_recalibration_averages_clean_batches_and_restores_the_layers
 
 def test_recipes_record_every_hyperparameter():
     profile = config.PROFILES["full"]
-    baseline = training.training_recipe("baseline_cnn", profile)
+    baseline = training.training_recipe("baseline_cnn", profile, backend_name="tensorflow")
     assert baseline["optimizer"] == {"name": "Adam", "learning_rate": 1e-4}
     assert baseline["learning_rate_schedule"]["factor"] == 0.5 and baseline["learning_rate_schedule"]["patience"] == 3
-    transfer = training.training_recipe("efficientnetb0", profile, replicas=2, gpu=True)
+    old_gpus = (backend.Gpu("Tesla T4", None, (7, 5)),) * 2  # memory unknown: the recipe's batch
+    transfer = training.training_recipe("efficientnetb0", profile, old_gpus, replicas=2, backend_name="tensorflow")
     assert transfer["optimizer"] == {"name": "AdamW", "learning_rate": 1e-3, "weight_decay": 1e-4, "clipnorm": 1.0}
     assert transfer["loss"]["label_smoothing"] == 0.1 and transfer["learning_rate_schedule"]["warmup_epochs"] == 5
     assert transfer["global_batch_size"] == 64 and transfer["early_stopping"] is None
     assert transfer["mixed_precision"] and not transfer["jit_compile"]  # XLA off under MirroredStrategy
+    assert transfer["dtype_policy"] == "mixed_float16" and transfer["loss_scaling"]  # no bfloat16 before Ampere
+    assert transfer["backend"] == "tensorflow" and transfer["execution"]["replicas"] == 2
     assert not baseline["mixed_precision"] and not baseline["jit_compile"]  # CPU: float32, no XLA
+
+
+def test_recipes_scale_the_batch_and_rate_to_a_large_gpu_only_where_the_recipe_allows():
+    profile = config.PROFILES["full"]
+    h100 = (backend.Gpu("NVIDIA H100", 79.6, (9, 0)),)
+    transfer = training.training_recipe("resnet50", profile, h100, backend_name="jax")
+    assert transfer["dtype_policy"] == "mixed_bfloat16" and not transfer["loss_scaling"]
+    assert transfer["jit_compile"] and transfer["steps_per_execution"] == 1
+    assert transfer["batch_size_per_replica"] == 4 * profile.batch_size and "x4" in transfer["batch_scaling"]
+    assert transfer["optimizer"]["learning_rate"] == pytest.approx(4e-3)
+    assert transfer["learning_rate_schedule"]["base_learning_rate"] == pytest.approx(4e-3)
+    baseline = training.training_recipe("baseline_cnn", profile, h100, backend_name="torch")
+    assert baseline["global_batch_size"] == profile.batch_size and baseline["optimizer"]["learning_rate"] == 1e-4
+    assert not baseline["jit_compile"] and baseline["steps_per_execution"] == 1  # PyTorch: eager, one step per call
+    cpu = training.training_recipe("baseline_cnn", config.PROFILES["cpu"], backend_name="jax")
+    assert cpu["jit_compile"] and cpu["steps_per_execution"] == training.CPU_STEPS_PER_EXECUTION
     with pytest.raises(ValueError, match="expected one of baseline_cnn"):
         training.training_recipe("alexnet", profile)
 
