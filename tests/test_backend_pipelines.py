@@ -45,7 +45,7 @@ def test_backend_sensitive_unit_tests_pass_on_the_backend(keras_backend):
 def test_smoke_pipeline_runs_end_to_end_on_the_backend(keras_backend, tmp_path):
     result = run_child(["run_all.py", "--profile", "smoke", "--backend", keras_backend], keras_backend, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    outputs = tmp_path / "smoke"
+    outputs = tmp_path / "smoke" / config.run_name(None, "smoke")  # the run folder, outputs/<profile>/<run>/
     summary = json.loads((outputs / "run_summary.json").read_text())
     assert summary["backend"] == keras_backend and summary["status"] == "ok"
     assert len(summary["notebooks"]) == len(list(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
