@@ -60,7 +60,6 @@ def train_cnn(manifest: pd.DataFrame, images: np.ndarray, epochs: int, learning_
     import keras
 
     from alzlib import environment, models, preprocessing, training
-    from alzlib.metrics import balanced_accuracy
 
     environment.set_seeds(seed, False)
     classes = len(config.CLASS_NAMES)
@@ -69,23 +68,8 @@ def train_cnn(manifest: pd.DataFrame, images: np.ndarray, epochs: int, learning_
                             for layer in spec["augmentation"]]
     network, _ = models.build_model("baseline_cnn", classes, images.shape[1])
     network.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
-    train_images, train_labels = training.split_arrays(manifest, images, "train")
-    val_images, val_labels = training.split_arrays(manifest, images, "val")
-    weights = training.balanced_class_weights(train_labels, classes)
-    sample_weights = np.array([weights[label] for label in train_labels], dtype=np.float32)
-    dataset = preprocessing.make_dataset(train_images, train_labels, spec, True, 16, seed, sample_weights)
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(train_images))[:training.BATCH_NORM_IMAGES])
-    clean = preprocessing.make_dataset(train_images[chosen], train_labels[chosen], spec, False,
-                                       training.BATCH_NORM_BATCH, seed)
-    validation = preprocessing.prepare_images(val_images, spec)
-    best = (-1.0, None)
-    for _ in range(epochs):
-        network.fit(dataset, epochs=1, verbose=0)
-        training.recalibrate_batch_norm(network, clean)
-        score = balanced_accuracy(val_labels, network.predict(validation, verbose=0).argmax(1))
-        if score > best[0]:
-            best = (score, network.get_weights())
-    network.set_weights(best[1])
+    common.train_keeping_best_epoch(network, training.split_arrays(manifest, images, "train"),
+                                    training.split_arrays(manifest, images, "val"), spec, epochs, 16, seed, classes)
     test_images, _ = training.split_arrays(manifest, images, "test")
     return network.predict(preprocessing.prepare_images(test_images, spec), verbose=0)
 

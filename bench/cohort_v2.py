@@ -107,26 +107,12 @@ def cnn_against_linear(frame: pd.DataFrame, images: np.ndarray, profile: config.
     spec = preprocessing.preprocessing_spec("baseline_cnn", profile.image_size)
     network, _ = models.build_model("baseline_cnn", len(classes), profile.image_size)
     training.compile_model(network, recipe)
-    train_images, train_labels = training.split_arrays(manifest, images, "train")
-    val_images, val_labels = training.split_arrays(manifest, images, "val")
-    weights = training.balanced_class_weights(train_labels, len(classes))
-    sample_weights = np.array([weights[label] for label in train_labels], dtype=np.float32)
-    dataset = preprocessing.make_dataset(train_images, train_labels, spec, True, profile.batch_size, seed,
-                                         sample_weights)
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(train_images))[:training.BATCH_NORM_IMAGES])
-    clean = preprocessing.make_dataset(train_images[chosen], train_labels[chosen], spec, False,
-                                       training.BATCH_NORM_BATCH, seed)
-    validation = preprocessing.prepare_images(val_images, spec)
-    started, best = time.perf_counter(), (-1.0, None)
+    started = time.perf_counter()
     # As the pipeline trains it: batch-norm statistics re-estimated on clean images after each epoch, and the
     # epoch with the best validation balanced accuracy kept (no learning-rate plateau within 4 epochs).
-    for _ in range(profile.epochs):
-        network.fit(dataset, epochs=1, verbose=0)
-        training.recalibrate_batch_norm(network, clean)
-        score = balanced_accuracy(val_labels, network.predict(validation, verbose=0).argmax(1))
-        if score > best[0]:
-            best = (score, network.get_weights())
-    network.set_weights(best[1])
+    common.train_keeping_best_epoch(network, training.split_arrays(manifest, images, "train"),
+                                    training.split_arrays(manifest, images, "val"), spec, profile.epochs,
+                                    profile.batch_size, seed, len(classes))
     cnn_probabilities = network.predict(preprocessing.prepare_images(images[test], spec), verbose=0)
     cnn_seconds = time.perf_counter() - started
     labels = manifest.label_index.to_numpy()[test]

@@ -241,3 +241,32 @@ def manifest_of(paths: Sequence[str], labels: Sequence[int]):
 
     hashes = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths]
     return pd.DataFrame({"path": list(paths), "sha256": hashes, "label_index": list(labels)})
+
+
+def train_keeping_best_epoch(network, train: tuple, val: tuple, spec: dict, epochs: int, batch_size: int,
+                             seed: int, num_classes: int) -> float:
+    """Train a compiled network as training.train_model does and keep its best validation epoch; return that score.
+
+    Balanced class weights as per-sample weights, batch-norm statistics re-estimated on clean training images after
+    each epoch, validation balanced accuracy after each epoch (the bench scripts' shared loop).
+    """
+    from alzlib import preprocessing, training
+    from alzlib.metrics import balanced_accuracy
+
+    (train_images, train_labels), (val_images, val_labels) = train, val
+    weights = training.balanced_class_weights(train_labels, num_classes)
+    sample_weights = np.array([weights[label] for label in train_labels], dtype=np.float32)
+    dataset = preprocessing.make_dataset(train_images, train_labels, spec, True, batch_size, seed, sample_weights)
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(train_images))[:training.BATCH_NORM_IMAGES])
+    clean = preprocessing.make_dataset(train_images[chosen], train_labels[chosen], spec, False,
+                                       training.BATCH_NORM_BATCH, seed)
+    validation = preprocessing.prepare_images(val_images, spec)
+    best = (-1.0, None)
+    for _ in range(epochs):
+        network.fit(dataset, epochs=1, verbose=0)
+        training.recalibrate_batch_norm(network, clean)
+        score = balanced_accuracy(val_labels, network.predict(validation, verbose=0).argmax(1))
+        if score > best[0]:
+            best = (score, network.get_weights())
+    network.set_weights(best[1])
+    return best[0]
