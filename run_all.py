@@ -9,6 +9,7 @@
     python run_all.py --data /data/kaggle --external-data /data/oasis   # train on one set, also test on another
     python run_all.py --cohort-version 1   # the earlier synthetic cohort (no second site), for comparison
     python run_all.py --backend jax        # Keras on JAX (or torch); default: KERAS_BACKEND, else tensorflow
+    python run_all.py --models all         # also the other published systems: AlexNet, ConvNeXt, frozen ResNet50, ViT
 
 Each data set and split policy gets its own run folder, outputs/<profile>/<data-name>-<split>/ (the synthetic cohort:
 outputs/cpu/synthetic-subject/); outputs/runs.csv and outputs/index.html list every run with its headline numbers.
@@ -51,6 +52,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cohort-version", choices=config.COHORT_VERSIONS, default=None,
                         help="version of the embedded synthetic cohort (default 2: focal evidence and a second site; "
                              "1: the earlier cohort); sets ALZ_COHORT_VERSION for every notebook")
+    parser.add_argument("--models", default=None,
+                        help="models to train and evaluate: default (the design's four), all (also "
+                             f"{', '.join(config.EXTRA_MODEL_NAMES)}), or names, e.g. baseline_cnn,alexnet; "
+                             "baseline_cnn, the controls and the linear baseline always run")
     parser.add_argument("--only", default=None, help="run only these notebooks, e.g. 01,03")
     parser.add_argument("--from", dest="start", default=None, help="run from this notebook on, e.g. 05")
     parser.add_argument("--backend", choices=backend.BACKENDS, default=None,
@@ -96,23 +101,26 @@ def run_selected(arguments: argparse.Namespace, keras_backend: str) -> int:
     external = str(arguments.external_data) if arguments.external_data else None
     parameters = {"PROFILE": profile.name, "SEED": arguments.seed, "DATA_DIR": data, "SPLIT": arguments.split,
                   "EPOCHS": arguments.epochs, "WEIGHTS": arguments.weights, "DETERMINISTIC": arguments.deterministic,
-                  "FOLDS": arguments.folds, "EXTERNAL_DATA": external}
+                  "FOLDS": arguments.folds, "EXTERNAL_DATA": external, "MODELS": arguments.models}
     try:
         settings = config.load_settings(profile.name, arguments.seed, data, arguments.split, arguments.epochs,
-                                        arguments.weights, arguments.deterministic, arguments.folds, external)
+                                        arguments.weights, arguments.deterministic, arguments.folds, external,
+                                        arguments.models)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = settings.paths  # the run folder, outputs/<profile>/<data-name>-<split>/, chosen once in alzlib.config
     try:
-        steps = runner.select_notebooks(runner.discover_notebooks(), arguments.only, arguments.start)
+        steps = runner.with_models(runner.select_notebooks(runner.discover_notebooks(), arguments.only,
+                                                           arguments.start), settings.models)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         with runner.lock_outputs(paths.root):  # one run per output folder; released on any exit
             print(f"Profile {profile.name} ({profile.description}); backend: {keras_backend}; data: "
-                  f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; outputs: {paths.root}",
+                  f"{data or 'synthetic cohort (made on first use)'}; split: {arguments.split}; models: "
+                  f"{', '.join(settings.models)}; outputs: {paths.root}",
                   flush=True)
             problem = stale_inputs(settings, steps)
             if problem:

@@ -447,7 +447,7 @@ def _compare_crossval(settings: config.Settings, names: Sequence[str], out_dir: 
 def _inference_or_reason(settings: config.Settings, name: str, repeats: int) -> tuple[dict | None, str | None]:
     """Return a model's measured speed (None for a model that is not Keras), or None and why it is not compared.
 
-    The design's models (config.MODEL_NAMES) are Keras models and need their .keras file; any other model (the
+    Deep models (config.ALL_MODEL_NAMES) are Keras models and need their .keras file; any other model (the
     non-deep baselines) needs only its recipe record, and is compared without a latency.
     """
     from alzlib.training import load_trained_model
@@ -456,22 +456,22 @@ def _inference_or_reason(settings: config.Settings, name: str, repeats: int) -> 
     if path.is_file():
         return measure_inference(load_trained_model(path), settings.profile.image_size, repeats), None
     record = settings.paths.models / f"{name}.json"
-    if name not in config.MODEL_NAMES and record.is_file():
+    if name not in config.ALL_MODEL_NAMES and record.is_file():
         return None, None
-    return None, f"{path if name in config.MODEL_NAMES else record} does not exist (model not trained)"
+    return None, f"{path if name in config.ALL_MODEL_NAMES else record} does not exist (model not trained)"
 
 
 def compare_models(settings: config.Settings, data_label: str, model_names: Sequence[str] | None = None,
                    repeats: int = LATENCY_REPEATS) -> dict:
     """Measure each trained model's speed, join its recorded cost and test metrics, compare pairs; write comparison/.
 
-    `model_names` None: config.MODEL_NAMES and the non-deep baselines (config.BASELINE_MODEL_NAMES where defined).
+    `model_names` None: the run's models (settings.models) and the non-deep baselines (config.BASELINE_MODEL_NAMES).
     Pairs are compared by paired subject bootstrap on the test split, and on pooled cross-validated predictions
     where `<outputs>/crossval/<model>/oof_predictions.parquet` exists for two or more models.
     """
     from alzlib.environment import hardware
 
-    names = list(model_names or [*config.MODEL_NAMES, *getattr(config, "BASELINE_MODEL_NAMES", ())])
+    names = list(model_names or [*settings.models, *config.BASELINE_MODEL_NAMES])
     inference, trained, skipped = {}, [], []
     for name in names:
         speed, reason = _inference_or_reason(settings, name, repeats)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,10 @@ MODEL_NAMES = ("baseline_cnn", "resnet50", "resnet50_attention", "efficientnetb0
 # The other published systems (issue 18; alzlib.systems holds their builders, recipes and citations): trained on
 # request (alzlib.system_training), never part of the four-model design.
 EXTRA_MODEL_NAMES = ("alexnet", "convnext_scratch", "resnet50_frozen", "vit")
+ALL_MODEL_NAMES = (*MODEL_NAMES, *EXTRA_MODEL_NAMES)
+# Always trained, whatever MODELS says: the leakage controls share its architecture and recipe (notebook 05), and
+# every comparison is read against it and the linear baseline trained beside it.
+REFERENCE_MODEL_NAME = "baseline_cnn"
 # Models that are not deep networks, trained beside them on the same splits and folds (alzlib.linear): every
 # comparison table carries them, so a CNN has to beat a linear model on pixels to claim anything (Wen et al. 2020).
 BASELINE_MODEL_NAMES = ("linear_pixels",)
@@ -67,6 +72,10 @@ class Profile:
     # evidence in the medial temporal lobe and comes with a second site (site B) for external validation; "1" is the
     # earlier cohort, kept reproducible by name.
     cohort_version: str = "2"
+    # The ViT's hyperparameter search (alzlib.search, run when MODELS names vit): how many of the 36 grid points to
+    # try, in KerasTuner's order, and the epochs each trial trains (on the thinned train split; scored on val).
+    search_trials: int = 36
+    search_epochs: int = 1
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -96,6 +105,7 @@ PROFILES = {
         control_images=76,
         control_image_size=32,
         folds=2,
+        search_trials=3,
         description="tests and CI: tiny data, one epoch, seconds per notebook",
     ),
     "cpu": Profile(
@@ -141,6 +151,7 @@ PROFILES = {
         control_image_size=64,
         folds=5,
         fold_models=("linear_pixels", *MODEL_NAMES),
+        search_epochs=3,
         description="the seed recipe: 224 px, batch 32, 50 epochs; default when a GPU is visible",
     ),
 }
@@ -332,6 +343,7 @@ class Settings:
     paths: OutputPaths
     folds: int = 1
     external_data: Path | None = None
+    models: tuple[str, ...] = MODEL_NAMES
 
     @property
     def synthetic(self) -> bool:
@@ -350,6 +362,7 @@ class Settings:
             "deterministic": self.deterministic,
             "folds": self.folds,
             "external_data": str(self.external_data) if self.external_data else None,
+            "models": list(self.models),
             "cohort_version": self.profile.cohort_version if self.synthetic else None,
             "synthetic": self.synthetic,
             "outputs": str(self.paths.root),
@@ -366,6 +379,7 @@ def load_settings(
     deterministic: bool = False,
     folds: int | None = None,
     external_data: str | os.PathLike | None = None,
+    models: str | Sequence[str] | None = None,
 ) -> Settings:
     """Check the notebook parameters and resolve defaults; raise ValueError naming a bad one."""
     resolved = get_profile(profile)
@@ -398,4 +412,24 @@ def load_settings(
         paths=output_paths(resolved, data_dir, split),
         folds=resolved.folds if folds is None else folds,
         external_data=Path(external_data).expanduser() if external_data else None,
+        models=parse_models(models),
     )
+
+
+def parse_models(models: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Return the models a run trains and evaluates, in ALL_MODEL_NAMES order; raise ValueError naming a bad one.
+
+    None or "default": the four of the design (MODEL_NAMES); "all": every model (ALL_MODEL_NAMES); else names,
+    comma-separated or a list. REFERENCE_MODEL_NAME is always among them (the controls and comparisons need it).
+    """
+    if models is None or (isinstance(models, str) and models.strip().lower() in ("", "default")):
+        return MODEL_NAMES
+    if isinstance(models, str) and models.strip().lower() == "all":
+        return ALL_MODEL_NAMES
+    names = [part.strip() for part in models.split(",")] if isinstance(models, str) else list(models)
+    unknown = [name for name in names if name not in ALL_MODEL_NAMES]
+    if unknown or not names:
+        raise ValueError(f"MODELS: unknown model {', '.join(map(repr, unknown)) or '(none given)'}: expected "
+                         f"'default', 'all' or comma-separated names among {', '.join(ALL_MODEL_NAMES)}.")
+    wanted = {REFERENCE_MODEL_NAME, *names}
+    return tuple(name for name in ALL_MODEL_NAMES if name in wanted)

@@ -974,6 +974,12 @@ def summary_rows(metrics: dict, split: str = "test") -> list[dict]:
     return rows
 
 
+def summary_names(settings: config.Settings) -> list[str]:
+    """Return the models of this run's evaluation summary: its selection (settings.models), the random-label control
+    and the non-deep baselines. A model another run evaluated in the same folder, with another MODELS, is left out."""
+    return [*settings.models, *config.BASELINE_MODEL_NAMES, config.CONTROL_MODEL_NAME]
+
+
 def summarise_evaluations(evaluation_dir: str | Path, model_names: Sequence[str] | None = None,
                           split: str = "test") -> pd.DataFrame:
     """Combine every model's metrics.json into evaluation/summary.csv and summary.json (with the control check).

@@ -127,7 +127,7 @@ def external_manifest(root: Path, class_names: list[str], manifest: pd.DataFrame
 def scored_models(settings: config.Settings) -> list[dict]:
     """Return the records of the single-split models that notebook 09 evaluated (baselines first, no controls)."""
     records = []
-    for name in (*config.BASELINE_MODEL_NAMES, *config.MODEL_NAMES):
+    for name in (*config.BASELINE_MODEL_NAMES, *settings.models):
         record_path = settings.paths.models / f"{name}.json"
         predictions = settings.paths.evaluation / name / "predictions.parquet"
         if record_path.is_file() and predictions.is_file():

@@ -11,6 +11,9 @@ from alzlib import config, freshness
 from alzlib.storage import read_json, read_parquet, write_json
 
 SYNTHETIC_LABEL = "synthetic cohort"
+# The parametrised training notebook of the extra systems (config.EXTRA_MODEL_NAMES): run_all.py runs it once per
+# system that MODELS names, after 08; its name is outside the NN_ pattern, so the numbered sequence keeps its roles.
+SYSTEM_NOTEBOOK = "08s_train_system.ipynb"
 
 
 def load_manifest(settings: config.Settings) -> tuple[pd.DataFrame, dict]:
@@ -51,19 +54,30 @@ def split_frame(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def trained_models(settings: config.Settings, names: list[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """Return the recipe records of the trained models among `names` and a skip entry for each missing one."""
-    from alzlib.storage import read_json
-
+    """Return the recipe records of the trained models among `names` (None: the run's, settings.models) and a skip
+    entry for each missing one."""
     found, missing = [], []
-    for name in names or list(config.MODEL_NAMES):
+    for name in names or list(settings.models):
         model_path = settings.paths.models / f"{name}.keras"
         record_path = model_path.with_suffix(".json")
         if model_path.is_file() and record_path.is_file():
             found.append({**read_json(record_path), "model_path": str(model_path)})
         else:
             missing.append({"model": name, "reason": f"{model_path} or its recipe record does not exist "
-                                                     f"(train it with notebooks 05-08)"})
+                                                     f"(train it with {training_notebook(name)})"})
     return found, missing
+
+
+# Models whose recipe starts from pretrained weights (ImageNet, or a ViT weights file the user names); the others
+# (baseline_cnn, alexnet, convnext_scratch) train from scratch by design, as their originals did.
+PRETRAINED_MODELS = ("resnet50", "resnet50_attention", "efficientnetb0", "resnet50_frozen", "vit")
+
+
+def training_notebook(name: str) -> str:
+    """Return what trains model `name`: its notebook, or the system notebook run with MODELS naming it."""
+    if name in config.EXTRA_MODEL_NAMES:
+        return f"run_all.py --models {name} (notebook {SYSTEM_NOTEBOOK} with MODEL={name!r})"
+    return "notebooks 05-08"
 
 
 def probability_function(model, spec: dict, batch_size: int = 32):
@@ -160,8 +174,8 @@ def training_headline(settings: config.Settings, model: str) -> tuple[str, list[
     best = record.get("best_validation") or {}
     warnings = [f"{model} stopped early: the loss became NaN"] if record.get("stopped_by_nan") else []
     weights = str(record.get("weights", ""))
-    if model != "baseline_cnn" and settings.weights != "none" and weights.startswith("random"):
-        warnings.append(f"{model} trained from random weights, not ImageNet's (why: 'weights' in "
+    if model in PRETRAINED_MODELS and settings.weights != "none" and weights.startswith("random"):
+        warnings.append(f"{model} trained from random weights, not pretrained ones (why: 'weights' in "
                         f"{settings.paths.models / model}.json)")
     score = best.get("val_balanced_accuracy")
     text = f"val balanced accuracy {score:.2f}" if score is not None else "no validation score"

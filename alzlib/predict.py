@@ -114,8 +114,8 @@ def _check_model_matches(model, record: dict, model_path: Path) -> None:
     mismatch = f"the record {record_path(model_path)} does not belong to this model"
     # `architecture` names what was built (a control run has its own `model` name); older records have `model` only.
     named = (record.get("architecture"), record.get("model"))
-    described = next((name for name in named if name in config.MODEL_NAMES), None)
-    if model.name in config.MODEL_NAMES and described not in (None, model.name):
+    described = next((name for name in named if name in config.ALL_MODEL_NAMES), None)
+    if model.name in config.ALL_MODEL_NAMES and described not in (None, model.name):
         raise ValueError(f"{model_path} holds a {model.name} model but its record describes {described}: {mismatch}.")
     family = preprocessing.FAMILIES.get(model.name)
     if family is not None and record["preprocessing"]["family"] != family:

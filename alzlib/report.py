@@ -178,12 +178,19 @@ def _gallery(figures: list[Figure], columns: int = 3) -> Markup:
 
 
 def _models(context: _Context) -> list[str]:
-    """Return the models with evaluation results, in headline order."""
+    """Return the models with evaluation results, in headline order: those of the run's selection (MODELS, in
+    run_metadata.json), its baselines and control; a model left in the folder by a run with other MODELS is not
+    this run's result."""
     folder = context.root / "evaluation"
     found = [path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("external")] \
         if folder.is_dir() else []
     records = [path.stem for path in (context.root / "models").glob("*.json")]
-    return report_headline.ordered_models([*found, *records])
+    names = [*found, *records]
+    selection = (context.dict_file("run_metadata.json").get("settings") or {}).get("models")
+    if isinstance(selection, list):
+        kept = {*selection, *config.BASELINE_MODEL_NAMES, config.CONTROL_MODEL_NAME}
+        names = [name for name in names if name in kept]
+    return report_headline.ordered_models(names)
 
 
 def _short_weights(text: str | None) -> str:
@@ -294,6 +301,24 @@ def _training_table(records: dict[str, dict]) -> Markup | None:
     return table_html(pd.DataFrame(rows))
 
 
+def _search_text(search) -> str:
+    """Return a recipe's hyperparameter search in one line ('' for a system without one)."""
+    if isinstance(search, dict) and isinstance(search.get("best"), dict):
+        return (f"best {', '.join(f'{key} {value}' for key, value in search['best'].items())} (val balanced "
+                f"accuracy {search.get('score', float('nan')):.3f}, {len(search.get('trials', []))} trials)")
+    return str(search or "")
+
+
+def _systems_table(records: dict[str, dict]) -> Markup | None:
+    """One row per published system trained (alzlib.systems): the work it reproduces, its differences, its search."""
+    rows = [{"model": name, "reproduces": recipe.get("citation", ""),
+             "differences from the original": "; ".join(recipe.get("differences", [])),
+             "hyperparameter search": _search_text(recipe.get("hyperparameter_search"))}
+            for name, record in records.items() if record.get("system") and isinstance(
+                recipe := record.get("recipe"), dict)]
+    return table_html(pd.DataFrame(rows)) if rows else None
+
+
 def _training_section(context: _Context) -> Section:
     """Training curves of each deep model and the recipe summary table."""
     records = _records(context)
@@ -304,6 +329,9 @@ def _training_section(context: _Context) -> Section:
               for name, record in records.items() if record.get("framework") != "scikit-learn"
               and (context.root / "training" / name / "curves.png").is_file()]
     _show(context, section, curves, 2)
+    systems = _systems_table(records)
+    if systems is not None:
+        section.more.append(("Published systems: what each reproduces and where this run differs", systems))
     missing = [name for name in records if name in config.MODEL_NAMES
                and not (context.root / "training" / name / "curves.png").is_file()]
     section.missing += [context.note(context.root / "training" / name / "curves.png") for name in missing]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from alzlib.config import BASELINE_MODEL_NAMES, CONTROL_MODEL_NAME
 from alzlib.report_checks import read_json
 from alzlib.report_headline import ordered_models, read_csv
 
@@ -48,10 +49,18 @@ def _split_text(facts: dict, split: str) -> str:
     return f"{images} images of {subjects} subjects"
 
 
-def _models_text(root: Path) -> str:
-    """Return the models this run trained, from their recipe records."""
+def _models_text(root: Path, selection: list | None = None) -> str:
+    """Return the models this run trained (those of `selection`, the run's MODELS, where known), each with the epochs
+    its recipe record says it ran."""
     names = ordered_models([path.stem for path in (root / "models").glob("*.json")])
-    return ", ".join(names) if names else "none recorded (models/*.json missing)"
+    if isinstance(selection, list):
+        names = [name for name in names if name in {*selection, *BASELINE_MODEL_NAMES, CONTROL_MODEL_NAME}]
+    parts = []
+    for name in names:
+        record = read_json(root / "models" / f"{name}.json")
+        epochs = record.get("epochs_run") if isinstance(record, dict) else None
+        parts.append(f"{name} ({epochs} epochs)" if isinstance(epochs, int) else name)
+    return ", ".join(parts) if parts else "none recorded (models/*.json missing)"
 
 
 def _run_settings(root: Path) -> dict:
@@ -81,9 +90,10 @@ def model_card(root: Path) -> list[tuple[str, str]]:
     facts, settings = data_facts(root), _run_settings(root)
     classes = ", ".join(facts["classes"]) or "unknown"
     return [
-        ("Model details", f"Image classifiers of Alzheimer's stage from one 2D MRI slice: {_models_text(root)} "
+        ("Model details", "Image classifiers of Alzheimer's stage from one 2D MRI slice: "
+                          f"{_models_text(root, settings.get('models'))} "
                           f"(Keras; linear_pixels in scikit-learn). Profile {settings.get('name', '?')}: "
-                          f"{settings.get('image_size', '?')} px, {settings.get('epochs', '?')} epochs, seed "
+                          f"{settings.get('image_size', '?')} px, seed "
                           f"{settings.get('seed', '?')}, commit {str(settings.get('git_commit'))[:12]}."),
         ("Intended use", "Research and teaching only: to study how slice classifiers behave under subject-level "
                          "splits, leakage controls, calibration and explanation checks."),

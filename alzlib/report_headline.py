@@ -18,6 +18,7 @@ MIN_PAIRED_SUBJECTS = 10
 PAIRED_FILES = (("paired_differences_crossval.csv", "cross-validated over every subject"),
                 ("paired_differences.csv", "single split, test subjects"))
 ROLES = {name: "CNN" for name in config.MODEL_NAMES}
+ROLES.update({name: "published system" for name in config.EXTRA_MODEL_NAMES})
 ROLES.update({name: "linear" for name in config.BASELINE_MODEL_NAMES})
 ROLES[config.CONTROL_MODEL_NAME] = "control"
 
@@ -61,7 +62,7 @@ def _crossval_scores(root: Path) -> dict[str, str]:
 
 def ordered_models(names) -> list[str]:
     """Return model names in headline order: deep networks, then the non-deep baseline, then the control."""
-    order = [*config.MODEL_NAMES, *config.BASELINE_MODEL_NAMES, config.CONTROL_MODEL_NAME]
+    order = [*config.ALL_MODEL_NAMES, *config.BASELINE_MODEL_NAMES, config.CONTROL_MODEL_NAME]
     known = [name for name in order if name in set(names)]
     return known + sorted(set(names) - set(order))
 

@@ -59,11 +59,13 @@ class OutputsLocked(RuntimeError):
 
 @dataclass(frozen=True)
 class NotebookStep:
-    """One pipeline notebook: its number, name and source path."""
+    """One pipeline notebook: its number, name, source path and the parameters it adds to the run's (the system
+    notebook's MODEL)."""
 
     number: str
     name: str
     path: Path
+    parameters: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def discover_notebooks(notebook_dir: Path = config.NOTEBOOKS_DIR) -> list[NotebookStep]:
@@ -104,6 +106,27 @@ def select_notebooks(steps: list[NotebookStep], only: str | None = None,
     return steps
 
 
+def with_models(steps: list[NotebookStep], models: tuple[str, ...],
+                notebook_dir: Path = config.NOTEBOOKS_DIR) -> list[NotebookStep]:
+    """Return `steps` for the run's models (config.parse_models): a design model's training notebook (06-08) runs only
+    when selected, and the system notebook runs once per selected extra system, after 08, as `08_train_<name>`.
+
+    05 always runs (the reference model, the controls and the linear baseline). The system steps carry number 08,
+    so `--only 08` and `--from 08` include them and `--from 09` does not.
+    """
+    extras = [name for name in models if name in config.EXTRA_MODEL_NAMES]
+    kept = [step for step in steps if TRAINED_IN.get(step.number) in (None, config.REFERENCE_MODEL_NAME)
+            or TRAINED_IN[step.number] in models]
+    if not extras or not any(step.number == "08" for step in steps):
+        return kept
+    source = Path(notebook_dir) / pipeline.SYSTEM_NOTEBOOK
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist: it trains the extra systems ({', '.join(extras)}).")
+    systems = [NotebookStep("08", f"08_train_{name}", source, {"MODEL": name}) for name in extras]
+    after = max((index for index, step in enumerate(kept) if step.number <= "08"), default=-1) + 1
+    return kept[:after] + systems + kept[after:]
+
+
 def executed_path(step: NotebookStep, paths: config.OutputPaths) -> Path:
     """Return where the executed copy of `step` is written."""
     return paths.notebooks / f"{step.name}.ipynb"
@@ -117,7 +140,8 @@ def is_up_to_date(step: NotebookStep, paths: config.OutputPaths, summary: dict, 
     succeeded: files added to, removed from or changed in the data folder make every notebook out of date.
     """
     record = next((entry for entry in summary.get("notebooks", []) if entry.get("name") == step.name), None)
-    if not record or record.get("status") != "ok" or summary.get("parameters") != parameters:
+    if not record or record.get("status") != "ok" or not same_parameters(summary.get("parameters"), parameters,
+                                                                         step):
         return False
     if data_fingerprint is not None and (summary.get("data_fingerprint") or {}).get("digest") != \
             data_fingerprint["digest"]:
@@ -128,6 +152,21 @@ def is_up_to_date(step: NotebookStep, paths: config.OutputPaths, summary: dict, 
     written = output.stat().st_mtime
     return (_written_before_success(written, record) and written >= step.path.stat().st_mtime
             and written >= newer_than)
+
+
+# The first notebook that reads MODELS (the run's selection): 09-13 score the selected models; 01-08 and each
+# system's training (its MODEL is in its name) give the same result whatever else MODELS names, so `--models all
+# --resume` after a default run trains the four systems and reruns 09-13 only.
+SELECTION_READER = "09"
+
+
+def same_parameters(recorded: dict | None, parameters: dict, step: NotebookStep | None = None) -> bool:
+    """True when `recorded` equals the run's `parameters`, MODELS aside for a step before SELECTION_READER."""
+    if not isinstance(recorded, dict):
+        return False
+    if step is not None and step.number >= SELECTION_READER:
+        return recorded == parameters
+    return {**recorded, "MODELS": None} == {**parameters, "MODELS": None}
 
 
 def _written_before_success(written: float, record: dict) -> bool:
@@ -353,8 +392,9 @@ def execute_notebook(step: NotebookStep, paths: config.OutputPaths, parameters: 
         watch = KernelWatch(kernel_dir or stack.enter_context(kernel_folder()))
         try:
             with _ctrl_c_interrupts_kernel(watch):
-                papermill.execute_notebook(str(step.path), str(output), parameters=parameters, kernel_name=kernel,
-                                           cwd=str(step.path.parent), progress_bar=False, log_output=False,
+                papermill.execute_notebook(str(step.path), str(output), parameters={**parameters, **step.parameters},
+                                           kernel_name=kernel, cwd=str(step.path.parent), progress_bar=False,
+                                           log_output=False,
                                            kernel_manager_class=_kernel_manager_class(watch),
                                            on_cell_start=watch.stop_if_interrupted)
         except Exception as error:  # papermill wraps cell errors; any failure stops the run here
@@ -380,7 +420,7 @@ TRAINING_NUMBERS = ("05", "06", "07", "08")
 # at 20. Units: training images x epochs (05-08), evaluated images (val + test) x 5 models (09), Grad-CAM
 # images x 4 models (10), models (11), robustness images x 4 models, every corruption and severity (12).
 TRAINED_IN = {"05": "baseline_cnn", "06": "resnet50", "07": "resnet50_attention", "08": "efficientnetb0"}
-NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (73.0, 0.033), "07": (29.0, 0.040), "08": (41.0, 0.021),
+NOTEBOOK_COSTS = {"05": (15.0, 0.0047), "06": (73.0, 0.033), "07": (29.0, 0.040), "08": (41.0, 0.021),
                   "09": (16.5, 0.0094), "10": (0.0, 2.15), "11": (20.0, 0.875), "12": (34.0, 0.215), "13": (8.4, 0.0)}
 # Those costs were fitted on the default cpu run of 2026-12-06 (idle 2-core machine, notebooks 05-13 in 866 s); 10's
 # was refitted on the run after Grad-CAM gained its nulls and cascade (51.5 s for 6 images x 4 models). 06-08 were
@@ -391,6 +431,14 @@ NOTEBOOK_COSTS = {"05": (15.0, 0.006), "06": (73.0, 0.033), "07": (29.0, 0.040),
 # just before it (SPEED_PROBE: the baseline CNN's train step at 64 px, batch 16) against the probe on that machine.
 SPEED_REFERENCE_SECONDS = 0.061  # measured idle on that machine: 0.059-0.062 s per step
 SPEED_FACTOR_BOUNDS = (0.25, 4.0)
+# The extra systems' training (the system notebook, one step per system): fixed seconds (kernel, cache, building,
+# saving, the first epoch's tracing) plus seconds per training image-epoch at 64 px on 2 cores, measured on
+# 2026-12-07 from the second of two epochs of 256 images at batch 16 with each recipe's augmentation (random
+# weights; the ResNet50 backbone then trains whole). The ViT's search adds, per trial, SEARCH_TRIAL_SECONDS (a
+# model built and compiled) and its epochs at the ViT's per-image cost.
+SYSTEM_COSTS = {"alexnet": (25.0, 0.0163), "convnext_scratch": (30.0, 0.0097), "resnet50_frozen": (45.0, 0.0274),
+                "vit": (25.0, 0.0047)}
+SEARCH_TRIAL_SECONDS = 6.0
 # Each leakage-control model (notebook 05): 5 s to build, trace and score, then per epoch a fixed 0.67 s (validation,
 # batch-norm re-estimation, callbacks) and 0.00032 s per training image at the control's 32 px: a line through the
 # cpu run's records (49-58 s for 60 epochs of 504 images) and a Kaggle-size run's (about 78 s for 60 epochs of
@@ -404,13 +452,18 @@ REFERENCE_IMAGE_SIZE = 64
 # it; the linear baseline costs LINEAR_FOLD_SECONDS per fit (its 4 values of C on at most a few thousand images).
 FOLD_MODEL_SECONDS = 8.0
 LINEAR_FOLD_SECONDS = 4.0
-# Run-to-run spread of those measurements (ResNet epochs 72-80 s, control models 94-111 s) and a busy machine.
-ESTIMATE_SPREAD = (0.8, 1.3)
+# 05's cost per image-epoch was refitted on the default cpu run of 2026-12-07 (cohort v2, 1,440 images; the baseline
+# CNN 24 epochs on the single split and on 5 folds, about 142,000 image-epochs): 918 s, where 0.006 predicted 1,188 s
+# at the speed of the other notebooks (which ran at 0.92 of their costs); 0.0047 predicts 05-13 at 1,818 s against
+# the 1,702 s measured.
+# Run-to-run spread of those measurements (ResNet epochs 72-80 s, control models 94-111 s), a busy machine and the
+# speed probe's own error: in that run it read 1.24 while the notebooks ran at 0.92 of their costs, hence 0.7.
+ESTIMATE_SPREAD = (0.7, 1.3)
 
 
-def _work_units(number: str, profile: config.Profile, images: int, train_images: int) -> float:
-    """Return the units of work notebook `number` does, in NOTEBOOK_COSTS' terms."""
-    evaluated, models = images - train_images, len(config.MODEL_NAMES)
+def _work_units(number: str, profile: config.Profile, images: int, train_images: int, models: int = 4) -> float:
+    """Return the units of work notebook `number` does, in NOTEBOOK_COSTS' terms, for `models` trained models."""
+    evaluated = images - train_images
     if number in TRAINED_IN:
         limit = profile.transfer_train_images if TRAINED_IN[number] != "baseline_cnn" else None
         # transfer models train on a thinned set
@@ -479,26 +532,38 @@ def speed_factor(step_seconds: float) -> float:
 
 
 def estimate_run(profile: config.Profile, images: int, train_images: int, numbers: list[str], cpu_count: int = 2,
-                 shipped_split: bool = False, speed: float = 1.0, folds: int | None = None) -> dict:
+                 shipped_split: bool = False, speed: float = 1.0, folds: int | None = None,
+                 systems: tuple[str, ...] = (), models: int | None = None) -> dict:
     """Estimate the seconds notebooks `numbers` (05-13) take for `images` ingested images on `cpu_count` cores.
 
     Per-image costs scale with the pixels of the profile's image size; the controls train 4 models (6 when the
     data ship a split) of at most `profile.control_images` images for `control_epochs` each; `folds` (None: the
-    profile's) cross-validation folds add the profile's fold models' training (05-08). Returns per-notebook
-    seconds, the total, a low-high range and the line to print.
+    profile's) cross-validation folds add the profile's fold models' training (05-08). `systems`: the extra systems
+    the system notebook trains (keyed '08 <name>'); `models` (None: 4 plus the systems): the trained models 09-12
+    score. Returns per-notebook seconds, the total, a low-high range and the line to print.
     """
     if images < 1 or not 0 < train_images <= images:
         raise ValueError(f"Expected images >= 1 and 0 < train_images <= images; got {images} and {train_images}.")
     pixels = (profile.image_size / REFERENCE_IMAGE_SIZE) ** 2
     control_train = round(min(images, profile.control_images) * train_images / images)
     control_models = 6 if shipped_split else 4
+    models = len(config.MODEL_NAMES) + len(systems) if models is None else models
     seconds = {number: NOTEBOOK_COSTS[number][0] + NOTEBOOK_COSTS[number][1] * pixels
-               * _work_units(number, profile, images, train_images) for number in numbers if number in NOTEBOOK_COSTS}
+               * _work_units(number, profile, images, train_images, models) for number in numbers
+               if number in NOTEBOOK_COSTS}
     folds = profile.folds if folds is None else folds
     if "05" in seconds:
         seconds["05"] += _control_seconds(profile, control_models, control_train)
     for number in seconds:
         seconds[number] += _fold_seconds(number, profile, images, folds)
+    for name in systems:  # after 08, in run order
+        trained = min(train_images, profile.transfer_train_images or train_images)
+        fixed, per_unit = SYSTEM_COSTS[name]
+        seconds[f"08 {name}"] = fixed + per_unit * pixels * trained * profile.epochs_for(name)
+        if name == "vit":  # its hyperparameter search first
+            seconds[f"08 {name}"] += profile.search_trials * (
+                SEARCH_TRIAL_SECONDS + per_unit * pixels * trained * profile.search_epochs)
+    seconds = dict(sorted(seconds.items()))
     seconds = {number: value * speed for number, value in seconds.items()}
     low, high = _core_range(sum(seconds.values()), cpu_count)
     estimate = {"notebooks": {number: round(value, 1) for number, value in seconds.items()},
@@ -560,10 +625,11 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: list[str]) -> dict | None:
-    """Return `estimate_run` for the run's profile and the ingested data, or None before ingestion."""
-    numbers = [number for number in numbers if number in NOTEBOOK_COSTS]
-    if not numbers or not paths.ingestion_report.is_file():
+def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, steps: list[NotebookStep]) -> dict | None:
+    """Return `estimate_run` for `steps`, the run's profile and models and the ingested data; None before ingestion."""
+    numbers = [step.number for step in steps if step.number in NOTEBOOK_COSTS and not step.parameters]
+    systems = tuple(step.parameters["MODEL"] for step in steps if step.parameters.get("MODEL") in SYSTEM_COSTS)
+    if not (numbers or systems) or not paths.ingestion_report.is_file():
         return None
     report = read_json(paths.ingestion_report)
     counts = report.get("counts", {})
@@ -573,7 +639,8 @@ def estimate_from_outputs(paths: config.OutputPaths, parameters: dict, numbers: 
     shipped = bool((report.get("leakage_audit") or {}).get("shipped"))
     try:
         return estimate_run(profile, counts.get("images", 0), counts.get("per_split", {}).get("train", 0), numbers,
-                            _cpu_count(), shipped, speed_factor(measure_speed()), parameters.get("FOLDS"))
+                            _cpu_count(), shipped, speed_factor(measure_speed()), parameters.get("FOLDS"), systems,
+                            len(config.parse_models(parameters.get("MODELS"))))
     except ValueError:  # an empty or odd report: the notebooks will say what is wrong with it
         return None
 
@@ -657,7 +724,8 @@ def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters:
         previous = {}  # --resume reruns every notebook on another backend
     data_dir = data_folder(parameters)
     fingerprint = freshness.data_fingerprint(data_dir)
-    kept_fingerprint = previous.get("data_fingerprint") if previous.get("parameters") == parameters else None
+    kept_fingerprint = previous.get("data_fingerprint") if same_parameters(previous.get("parameters"),
+                                                                           parameters) else None
     summary = {"profile": parameters["PROFILE"], "parameters": parameters, "data_fingerprint": kept_fingerprint,
                "kernel": kernel or "notebook default", "backend": keras_backend, "started": _now(),
                "status": "running", "notebooks": [], "total_seconds": 0.0}
@@ -672,7 +740,7 @@ def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters:
                 newer_than = max(newer_than, executed_path(step, paths).stat().st_mtime)
                 continue
             if "estimate" not in summary and step.number in TRAINING_NUMBERS:
-                estimate = estimate_from_outputs(paths, parameters, [later.number for later in steps[index - 1:]])
+                estimate = estimate_from_outputs(paths, parameters, steps[index - 1:])
                 if estimate:
                     summary["estimate"] = estimate
                     echo(estimate["line"])
@@ -712,6 +780,8 @@ def _run_steps(steps: list[NotebookStep], paths: config.OutputPaths, parameters:
 
 
 def _actual_seconds(summary: dict, numbers: dict) -> float:
-    """Return the seconds the notebooks numbered in `numbers` took in this run (skipped ones not counted)."""
+    """Return the seconds the notebooks numbered in `numbers` ('08 alexnet': a system step) took in this run (skipped
+    ones not counted)."""
+    estimated = {key[:2] for key in numbers}
     return round(sum(entry.get("seconds", 0) for entry in summary["notebooks"]
-                     if not entry.get("skipped") and entry["name"][:2] in numbers), 1)
+                     if not entry.get("skipped") and entry["name"][:2] in estimated), 1)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from alzlib import augmentation, averaging, config, environment, preprocessing, systems, training
-from alzlib.storage import atomic_path, write_json
+from alzlib.storage import atomic_path, save_figure, write_json
 
 
 def system_spec(name: str, image_size: int, recipe: dict) -> dict:
@@ -77,6 +77,29 @@ def _keep_model(model, swa, paths: dict, val: tuple, norm_batches: list, recipe:
     return {"checkpoint": "last epoch (no epoch had a finite validation score)"}
 
 
+def search_vit(settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None) -> dict:
+    """Run the ViT's hyperparameter search on the (thinned) train split, scored on the val split; write search.json.
+
+    The profile's search_trials grid points, search_epochs each. The test split never reaches alzlib.search.
+    """
+    from alzlib import search
+
+    profile = settings.profile
+    if images is None:
+        images = preprocessing.load_image_cache(manifest, profile.image_size, settings.paths.cache)
+    manifest, images, _ = training._thinned_training("vit", profile, manifest, images)
+    train, val = (training.split_arrays(manifest, images, split) for split in ("train", "val"))
+    folder = training._output_paths(settings, "vit")["folder"]
+    started = time.perf_counter()
+    result = search.search_vit((_rgb(train[0]), train[1]), (_rgb(val[0]), val[1]),
+                               len(training.class_names_of(manifest)), epochs=profile.search_epochs,
+                               batch_size=profile.batch_size, max_trials=profile.search_trials, seed=settings.seed,
+                               directory=folder / "search")
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(folder / "search.json", result)
+    return result
+
+
 def train_system(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,
                  search: dict | None = None, verbose: int = 2) -> dict:
     """Train system `name` on the train split, keep what its recipe keeps, write the model and its recipe record.
@@ -89,6 +112,9 @@ def train_system(name: str, settings: config.Settings, manifest: pd.DataFrame, i
     if images is None:
         images = preprocessing.load_image_cache(manifest, profile.image_size, settings.paths.cache)
     class_names = training.class_names_of(manifest)
+    # Thinned to the profile's transfer_train_images, as the design's transfer models are (every k-th slice).
+    manifest_hash = training.manifest_hash(manifest)  # of the run's manifest, as the design models record it
+    manifest, images, train_subset = training._thinned_training(name, profile, manifest, images)
     train = training.split_arrays(manifest, images, "train")
     val = training.split_arrays(manifest, images, "val")
     recipe = systems.system_recipe(name, profile.epochs_for(name), profile.batch_size, search)
@@ -107,16 +133,28 @@ def train_system(name: str, settings: config.Settings, manifest: pd.DataFrame, i
     started = time.perf_counter()
     model.fit(batches, epochs=recipe["epochs"], callbacks=callbacks, verbose=verbose)
     kept = _keep_model(model, swa, paths, val, norm_batches, recipe, best)
+    seconds = time.perf_counter() - started
+    history = {key: [entry.get(key) for entry in records] for key in dict.fromkeys(
+        key for entry in records for key in entry)}
+    if records:
+        save_figure(training.plot_training_curves(history, title=name), paths["curves"])
+    best_entry = next((entry for entry in records if entry["epoch"] == best["epoch"]), None)
+    run = environment.run_metadata(settings)
+    if swa is not None:
+        best_entry = {"epoch": "stochastic weight average", **kept["weight_averaging"]["validation"]}
     record = {"model": name, "architecture": name, "system": True, "control": None, "fold": None,
               "synthetic": settings.synthetic, "class_names": class_names, "num_classes": len(class_names),
               "recipe": recipe, "preprocessing": system_spec(name, profile.image_size, recipe), "model_info": info,
               "weights": info["weights"], "trainable_parameters": info["trainable_parameters"],
               "non_trainable_parameters": info["non_trainable_parameters"],
               "class_weights": {class_names[index]: weight for index, weight in class_weights.items()},
-              "train_images": len(train[1]), "val_images": len(val[1]), "epochs_run": len(records),
-              "best_epoch": best["epoch"], "epoch_log": records, **kept,
-              "training_seconds": round(time.perf_counter() - started, 2), "seed": settings.seed,
-              "profile": profile.to_dict(), "data_manifest_hash": training.manifest_hash(manifest),
-              "run": environment.run_metadata(settings)}
+              "train_images": len(train[1]), "train_subset": train_subset, "val_images": len(val[1]),
+              "epochs_run": len(records), "best_epoch": best["epoch"], "best_validation": best_entry,
+              "resumed": False, "stopped_by_nan": len(records) < recipe["epochs"], "epoch_log": records, **kept,
+              "training_seconds": round(seconds, 2), "seed": settings.seed,
+              "profile": profile.to_dict(), "data_manifest_hash": manifest_hash,
+              "files": {"model": paths["model"].name, "epoch_log": str(paths["epochs"]),
+                        "curves": str(paths["curves"]) if records else "not drawn: no epoch finished"},
+              "backend": run["backend"], "run": run}
     write_json(paths["record"], record)
     return record

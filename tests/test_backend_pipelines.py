@@ -43,13 +43,21 @@ def test_backend_sensitive_unit_tests_pass_on_the_backend(keras_backend):
 
 @pytest.mark.parametrize("keras_backend", BACKENDS)
 def test_smoke_pipeline_runs_end_to_end_on_the_backend(keras_backend, tmp_path):
-    result = run_child(["run_all.py", "--profile", "smoke", "--backend", keras_backend], keras_backend, tmp_path)
+    # Every model, the four published systems included (issue 18: --models all runs end to end on smoke).
+    result = run_child(["run_all.py", "--profile", "smoke", "--backend", keras_backend, "--models", "all"],
+                       keras_backend, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     outputs = tmp_path / "smoke" / config.run_name(None, "smoke")  # the run folder, outputs/<profile>/<run>/
     summary = json.loads((outputs / "run_summary.json").read_text())
     assert summary["backend"] == keras_backend and summary["status"] == "ok"
-    assert len(summary["notebooks"]) == len(list(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
+    numbered = len(list(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")))
+    assert len(summary["notebooks"]) == numbered + len(config.EXTRA_MODEL_NAMES)
     records = [json.loads(path.read_text()) for path in (outputs / "models").glob("*.json")]
     trained = [record for record in records if "dtype_policy" in record]  # Keras models (not linear_pixels)
     assert trained and all(record["backend"] == keras_backend for record in trained)
+    systems = {record["model"]: record for record in records if record.get("system")}
+    assert set(systems) == set(config.EXTRA_MODEL_NAMES)
+    assert all(record["run"]["backend"] == keras_backend for record in systems.values())
+    evaluated = {path.parent.name for path in (outputs / "evaluation").glob("*/metrics.json")}
+    assert set(config.ALL_MODEL_NAMES) <= evaluated
     assert (outputs / "report.html").is_file()

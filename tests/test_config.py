@@ -86,6 +86,7 @@ def test_epochs_parameter_overrides_profile():
         ({"epochs": 2.5}, "EPOCHS"),
         ({"deterministic": "yes"}, "DETERMINISTIC"),
         ({"weights": "/no/such/file.h5"}, "WEIGHTS"),
+        ({"models": "alexnet,lenet"}, "MODELS: unknown model 'lenet'"),
     ],
 )
 def test_bad_notebook_parameters_are_named(arguments, message):
@@ -123,3 +124,13 @@ def test_cohort_version_comes_from_the_profile_or_environment(monkeypatch):
     monkeypatch.setenv("ALZ_COHORT_VERSION", "3")
     with pytest.raises(ValueError, match="ALZ_COHORT_VERSION must be one of 1, 2, got '3'"):
         config.get_profile("smoke")
+
+
+def test_models_default_to_the_design_all_adds_the_systems_and_the_reference_is_always_trained():
+    assert config.parse_models(None) == config.parse_models("default") == config.MODEL_NAMES
+    assert config.parse_models("all") == (*config.MODEL_NAMES, *config.EXTRA_MODEL_NAMES)
+    assert config.parse_models("vit, alexnet") == ("baseline_cnn", "alexnet", "vit")  # registry order
+    assert config.parse_models(["resnet50"]) == ("baseline_cnn", "resnet50")
+    settings = config.load_settings("smoke", models="convnext_scratch")
+    assert settings.models == ("baseline_cnn", "convnext_scratch")
+    assert settings.to_dict()["models"] == ["baseline_cnn", "convnext_scratch"]

@@ -156,7 +156,7 @@ def test_training_headline_reads_the_recipe_record(tmp_path, outputs):
         "training_seconds": 301.2, "stopped_by_nan": False, "weights": "random (ImageNet weights unavailable)"})
     text, warnings = pipeline.training_headline(settings, "resnet50")
     assert text == "val balanced accuracy 0.57 (best epoch 3 of 4, 301 s training)"
-    assert warnings == [f"resnet50 trained from random weights, not ImageNet's (why: 'weights' in "
+    assert warnings == [f"resnet50 trained from random weights, not pretrained ones (why: 'weights' in "
                         f"{settings.paths.models / 'resnet50'}.json)"]
     assert pipeline.training_headline(settings, "efficientnetb0")[0] == "efficientnetb0 not trained"
 

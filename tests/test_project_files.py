@@ -9,10 +9,10 @@ import nbformat
 import pytest
 import yaml
 
-from alzlib import config
+from alzlib import config, pipeline
 
 PARAMETER_NAMES = ["PROFILE", "SEED", "DATA_DIR", "SPLIT", "EPOCHS", "WEIGHTS", "DETERMINISTIC", "FOLDS",
-                   "EXTERNAL_DATA"]
+                   "EXTERNAL_DATA", "MODELS"]
 NOTEBOOKS = sorted(config.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 # Import names that differ from the distribution that provides them.
 DISTRIBUTIONS = {"cv2": "opencv-python-headless", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml",
@@ -124,6 +124,17 @@ def test_notebook_keeps_the_house_frame(path):
     assert call and re.split(r",\s*", call.group(1).strip()) == PARAMETER_NAMES
     assert any(cell.cell_type == "markdown" and cell.source.startswith("## Conclusion") for cell in cells)
     assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_the_system_notebook_keeps_the_house_frame_with_its_model_parameter():
+    path = config.NOTEBOOKS_DIR / pipeline.SYSTEM_NOTEBOOK
+    notebook = nbformat.read(path, as_version=4)
+    parameters = [cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert notebook.cells[0].source.startswith("# 08s ") and len(parameters) == 1
+    assert re.findall(r"^([A-Z_]+) =", parameters[0].source, flags=re.M) == [*PARAMETER_NAMES, "MODEL"]
+    call = re.search(r"config\.load_settings\(([^)]*)\)", notebook.cells[2].source)
+    assert call and re.split(r",\s*", call.group(1).strip()) == PARAMETER_NAMES
+    assert all(not cell.outputs for cell in notebook.cells if cell.cell_type == "code")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])

@@ -313,3 +313,21 @@ def test_tables_are_flat_and_scroll_in_their_own_box():
     html = str(report.pairs_table({"a<b": 0.123456, "nested": {"x": [1, 2]}}))
     assert html.startswith('<div class="scroll">') and "a&lt;b" in html and "0.1235" in html
     assert "<td>{\"x\": [1, 2]}</td>" in html and html.count("<table") == 1
+
+
+def test_published_systems_show_their_source_and_models_outside_the_runs_selection_are_left_out(tmp_path):
+    paths = make_outputs_tree(tmp_path / "smoke" / "synthetic-subject")
+    recipe = {"citation": "Krizhevsky et al. 2012 (AlexNet)", "differences": ["no hub weights offline",
+                                                                              "a subject-level split"],
+              "hyperparameter_search": "not run"}
+    storage.write_json(paths.root / "models" / "alexnet.json", {"system": True, "recipe": recipe, "epochs_run": 1,
+                                                                "weights": "random"})
+    storage.write_json(paths.root / "models" / "vit.json", {"system": True, "recipe": {**recipe, "citation": "ViT"},
+                                                            "epochs_run": 1, "weights": "random"})
+    metadata = storage.read_json(paths.run_metadata)
+    metadata["settings"]["models"] = ["baseline_cnn", "resnet50", "alexnet"]  # vit: left by an earlier run
+    storage.write_json(paths.run_metadata, metadata)
+    training = section_of(report.build_report(paths).read_text(encoding="utf-8"), "training")
+    assert "Krizhevsky et al. 2012 (AlexNet)" in training
+    assert "no hub weights offline; a subject-level split" in training
+    assert ">vit<" not in training and ">alexnet<" in training

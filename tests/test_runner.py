@@ -98,6 +98,17 @@ def test_resume_reruns_everything_when_parameters_change(notebook_dir, tmp_path)
     assert len((tmp_path / "log.txt").read_text().split()) == 12
 
 
+def test_resume_with_other_models_reruns_only_the_notebooks_that_read_the_selection(tmp_path):
+    folder, log = tmp_path / "notebooks", tmp_path / "log.txt"
+    folder.mkdir()
+    for number in ("01", "08", "09"):
+        write_notebook(folder / f"{number}_step.ipynb", f"open({str(log)!r}, 'a').write('{number} ')")
+    paths, steps = config.OutputPaths(tmp_path / "out"), runner.discover_notebooks(folder)
+    runner.run_pipeline(steps, paths, {**parameters(), "MODELS": None}, echo=lambda _: None)
+    runner.run_pipeline(steps, paths, {**parameters(), "MODELS": "all"}, resume=True, echo=lambda _: None)
+    assert log.read_text().split() == ["01", "08", "09", "09"]
+
+
 def test_run_all_rejects_unknown_notebook_number(capsys):
     assert run_all.main(["--profile", "smoke", "--only", "99"]) == 2
     assert "No notebook numbered 99" in capsys.readouterr().err
@@ -396,7 +407,7 @@ def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
     assert 0.85 * 866 < estimate["seconds"] < 1.15 * 866 and estimate["speed_factor"] == 1.0
     assert estimate["low_seconds"] < estimate["seconds"] < estimate["high_seconds"]
     assert list(estimate["notebooks"]) == numbers and estimate["control_models"] == 4
-    assert estimate["line"].startswith("estimated 11 min to 19 min for 05-13 on this machine (2 cores, CPU): "
+    assert estimate["line"].startswith("estimated 10 min to 19 min for 05-13 on this machine (2 cores, CPU): "
                                        "720 images (504 train) x 4 epochs per model at 64 px, 4 control models x 60 "
                                        "epochs of 504; largest ")
     # The profile's 5 folds of the baselines add to 05 only, and the line names them.
@@ -404,6 +415,14 @@ def test_estimate_of_the_default_cpu_run_matches_its_measured_time():
     assert folded["notebooks"]["05"] > estimate["notebooks"]["05"] + 60 and folded["notebooks"]["06"] == (
         estimate["notebooks"]["06"])
     assert "5 folds of linear_pixels, baseline_cnn" in folded["line"]
+
+
+def test_estimate_of_the_cohort_v2_default_run_matches_its_measured_time():
+    # Measured on 2026-12-07 (idle 2-core machine, fresh clone, python run_all.py): 05-13 in 1,702 s, 05 in 918 s.
+    numbers = ["05", "06", "07", "08", "09", "10", "11", "12", "13"]
+    estimate = runner.estimate_run(config.PROFILES["cpu"], 1440, 1008, numbers, cpu_count=2)
+    assert 0.85 * 1702 < estimate["seconds"] < 1.15 * 1702
+    assert 0.85 * 918 < estimate["notebooks"]["05"] < 1.15 * 918
 
 
 def test_estimate_grows_with_data_epochs_image_size_and_a_shipped_split():
@@ -506,3 +525,47 @@ def test_a_pipeline_run_leaves_the_callers_profile_as_it_was(tmp_path, monkeypat
     monkeypatch.setattr(runner, "_run_steps", fake_steps)
     runner.run_pipeline([], config.OutputPaths(tmp_path), {"PROFILE": "cpu"})
     assert seen["profile"] == "cpu" and os.environ["ALZ_PROFILE"] == "smoke"
+
+
+def design_steps(folder):
+    """Write notebooks 05-09 and the system notebook into `folder` (empty code); return the discovered steps."""
+    for number, name in (("05", "train_baseline_cnn"), ("06", "train_resnet50"), ("07", "train_resnet50_attention"),
+                         ("08", "train_efficientnetb0"), ("09", "evaluation")):
+        write_notebook(folder / f"{number}_{name}.ipynb", "pass")
+    write_notebook(folder / "08s_train_system.ipynb", "pass")
+    return runner.discover_notebooks(folder)
+
+
+def test_models_choose_the_training_notebooks_and_run_the_system_notebook_once_per_system(tmp_path):
+    steps = design_steps(tmp_path)
+    assert runner.with_models(steps, config.parse_models(None), tmp_path) == steps  # the 08s notebook is not a step
+    chosen = runner.with_models(steps, config.parse_models("alexnet,vit"), tmp_path)
+    assert [step.name for step in chosen] == ["05_train_baseline_cnn", "08_train_alexnet", "08_train_vit",
+                                              "09_evaluation"]
+    assert chosen[1].parameters == {"MODEL": "alexnet"} and chosen[1].path.name == "08s_train_system.ipynb"
+    every = [step.name for step in runner.with_models(steps, config.parse_models("all"), tmp_path)]
+    assert every[:4] == [step.name for step in steps[:4]] and every[-1] == "09_evaluation" and len(every) == 9
+    assert runner.with_models(runner.select_notebooks(steps, start="09"), config.parse_models("all"), tmp_path) \
+        == steps[-1:]
+    (tmp_path / "08s_train_system.ipynb").unlink()
+    with pytest.raises(FileNotFoundError, match="08s_train_system.ipynb does not exist"):
+        runner.with_models(steps, config.parse_models("vit"), tmp_path)
+
+
+def test_a_step_runs_with_its_own_parameters_added_to_the_runs(tmp_path):
+    log = tmp_path / "log.txt"
+    write_notebook(tmp_path / "08s_train_system.ipynb", f"open({str(log)!r}, 'a').write(MODEL + ' ' + PROFILE)")
+    notebook = nbformat.read(tmp_path / "08s_train_system.ipynb", as_version=4)
+    notebook.cells[0].source += '\nMODEL = "alexnet"'
+    nbformat.write(notebook, tmp_path / "08s_train_system.ipynb")
+    step = runner.NotebookStep("08", "08_train_vit", tmp_path / "08s_train_system.ipynb", {"MODEL": "vit"})
+    summary = runner.run_pipeline([step], config.OutputPaths(tmp_path / "out"), parameters(), echo=lambda _: None)
+    assert log.read_text() == "vit smoke" and summary["notebooks"][0]["name"] == "08_train_vit"
+
+
+def test_estimate_adds_each_system_after_08_and_scores_every_trained_model():
+    profile = config.get_profile("cpu")
+    base = runner.estimate_run(profile, 1440, 1008, ["08", "09"], folds=1)
+    more = runner.estimate_run(profile, 1440, 1008, ["08", "09"], folds=1, systems=("alexnet", "vit"))
+    assert list(more["notebooks"]) == ["08", "08 alexnet", "08 vit", "09"]
+    assert more["notebooks"]["09"] > base["notebooks"]["09"] and more["notebooks"]["08"] == base["notebooks"]["08"]

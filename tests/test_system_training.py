@@ -1,12 +1,13 @@
 """Tests of alzlib.system_training: a system trains on tiny data and writes what prediction and evaluation read."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from alzlib import predict, preprocessing, system_training
+from alzlib import pipeline, predict, preprocessing, system_training
 
 
 def load_training_helpers():
@@ -43,3 +44,32 @@ def test_a_system_without_weight_averaging_keeps_its_best_validation_epoch(tmp_p
     record = system_training.train_system("alexnet", settings, manifest, verbose=0)
     assert record["checkpoint"] == "best validation epoch (1)" and "weight_averaging" not in record
     assert "val_macro_f1" in record["epoch_log"][0] and (settings.paths.models / "alexnet.keras").is_file()
+
+
+def test_a_system_trains_on_the_thinned_split_and_writes_its_curves_and_best_epoch(tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path)
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=2, warmup=0)
+    settings = dataclasses.replace(settings, profile=dataclasses.replace(settings.profile, transfer_train_images=12))
+    record = system_training.train_system("alexnet", settings, manifest, verbose=0)
+    assert record["train_images"] == 12 and record["train_subset"]["of_train_images"] == 24
+    assert record["best_validation"]["epoch"] == record["best_epoch"]
+    assert Path(record["files"]["curves"]).is_file() and record["stopped_by_nan"] is False
+    headline, warnings = pipeline.training_headline(settings, "alexnet")
+    assert headline.startswith("val balanced accuracy") and "of 2" in headline and warnings == []  # from scratch
+
+
+def test_the_vit_search_scores_val_subjects_only_poisoned_test_rows_change_nothing(tmp_path, monkeypatch):
+    manifest = write_manifest(tmp_path)
+    settings = tiny_settings(tmp_path / "outputs", monkeypatch, epochs=1, warmup=0)
+    settings = dataclasses.replace(settings, profile=dataclasses.replace(settings.profile, search_trials=2))
+    images = preprocessing.load_image_cache(manifest, settings.profile.image_size, settings.paths.cache)
+    clean = system_training.search_vit(settings, manifest, images.copy())
+    test = (manifest["split"] == "test").to_numpy()
+    poisoned_manifest = manifest.copy()
+    poisoned_manifest.loc[test, "label_index"] = (poisoned_manifest.loc[test, "label_index"] + 1) % 3
+    poisoned_manifest.loc[test, "label"] = "class" + poisoned_manifest.loc[test, "label_index"].astype(str)
+    poisoned_images = images.copy()
+    poisoned_images[test] = 255
+    poisoned = system_training.search_vit(settings, poisoned_manifest, poisoned_images)
+    assert poisoned["best"] == clean["best"] and poisoned["score"] == clean["score"]
+    assert len(clean["trials"]) == 2 and (settings.paths.training / "vit" / "search.json").is_file()
