@@ -179,8 +179,11 @@ def training_headline(settings: config.Settings, model: str) -> tuple[str, list[
                         f"{settings.paths.models / model}.json)")
     score = best.get("val_balanced_accuracy")
     text = f"val balanced accuracy {score:.2f}" if score is not None else "no validation score"
-    return (f"{text} (best epoch {record.get('best_epoch')} of {record.get('epochs_run')}, "
-            f"{record.get('training_seconds', 0):.0f} s training)", warnings)
+    averaged = (record.get("weight_averaging") or {}).get("epochs_averaged")
+    kept = (f"weight average of epoch{'s' if len(averaged) > 1 else ''} {', '.join(map(str, averaged))}, "
+            f"{record.get('epochs_run')} run" if averaged else
+            f"best epoch {record.get('best_epoch')} of {record.get('epochs_run')}")
+    return f"{text} ({kept}, {record.get('training_seconds', 0):.0f} s training)", warnings
 
 
 def control_headline(settings: config.Settings) -> tuple[str, list[str]]:

@@ -59,7 +59,7 @@ def _models_text(root: Path, selection: list | None = None) -> str:
     for name in names:
         record = read_json(root / "models" / f"{name}.json")
         epochs = record.get("epochs_run") if isinstance(record, dict) else None
-        parts.append(f"{name} ({epochs} epochs)" if isinstance(epochs, int) else name)
+        parts.append(f"{name} ({epochs} epoch{'' if epochs == 1 else 's'})" if isinstance(epochs, int) else name)
     return ", ".join(parts) if parts else "none recorded (models/*.json missing)"
 
 

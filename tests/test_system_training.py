@@ -31,6 +31,8 @@ def test_a_system_with_weight_averaging_keeps_the_average_and_a_record_predictio
     assert record["epochs_run"] == 2 and record["checkpoint"].startswith("stochastic weight average")
     assert record["weight_averaging"]["epochs_averaged"] == [2]  # SWA from 80% of 2 epochs: the last one
     assert record["weight_averaging"]["batch_norm_layers_reestimated"] == 0  # ConvNeXt has LayerNorm only
+    headline, _ = pipeline.training_headline(settings, "convnext_scratch")
+    assert "(weight average of epoch 2, 2 run, " in headline and headline.startswith("val balanced accuracy")
     assert record["recipe"]["citation"] and record["preprocessing"]["family"] == "efficientnet"
     predictor = predict.load_predictor(settings.paths.models / "convnext_scratch.keras")
     inputs = preprocessing.prepare_images(list(images[:3]), predictor.spec)
