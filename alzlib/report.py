@@ -304,8 +304,9 @@ def _training_table(records: dict[str, dict]) -> Markup | None:
 def _search_text(search) -> str:
     """Return a recipe's hyperparameter search in one line ('' for a system without one)."""
     if isinstance(search, dict) and isinstance(search.get("best"), dict):
-        return (f"best {', '.join(f'{key} {value}' for key, value in search['best'].items())} (val balanced "
+        text = (f"best {', '.join(f'{key} {value}' for key, value in search['best'].items())} (val balanced "
                 f"accuracy {search.get('score', float('nan')):.3f}, {len(search.get('trials', []))} trials)")
+        return text if search.get("informative", True) else f"{text}; {search.get('decision', 'not used')}"
     return str(search or "")
 
 

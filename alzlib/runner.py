@@ -435,10 +435,12 @@ SPEED_FACTOR_BOUNDS = (0.25, 4.0)
 # saving, the first epoch's tracing) plus seconds per training image-epoch at 64 px on 2 cores, measured on
 # 2026-12-07 from the second of two epochs of 256 images at batch 16 with each recipe's augmentation (random
 # weights; the ResNet50 backbone then trains whole). The ViT's search adds, per trial, SEARCH_TRIAL_SECONDS (a
-# model built and compiled) and its epochs at the ViT's per-image cost.
+# model built, compiled and scored) and its epochs at the ViT's per-image cost: the cpu run with --models all took
+# 584 s for 36 one-epoch trials of 1,008 images. That run's system notebooks took 89, 59, 147 and 622 s against
+# estimates of 91, 69, 155 and 430 s (the last with 6 s per trial).
 SYSTEM_COSTS = {"alexnet": (25.0, 0.0163), "convnext_scratch": (30.0, 0.0097), "resnet50_frozen": (45.0, 0.0274),
                 "vit": (25.0, 0.0047)}
-SEARCH_TRIAL_SECONDS = 6.0
+SEARCH_TRIAL_SECONDS = 11.5
 # Each leakage-control model (notebook 05): 5 s to build, trace and score, then per epoch a fixed 0.67 s (validation,
 # batch-norm re-estimation, callbacks) and 0.00032 s per training image at the control's 32 px: a line through the
 # cpu run's records (49-58 s for 60 epochs of 504 images) and a Kaggle-size run's (about 78 s for 60 epochs of

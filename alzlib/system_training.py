@@ -96,8 +96,26 @@ def search_vit(settings: config.Settings, manifest: pd.DataFrame, images: np.nda
                                batch_size=profile.batch_size, max_trials=profile.search_trials, seed=settings.seed,
                                directory=folder / "search")
     result["seconds"] = round(time.perf_counter() - started, 1)
+    result.update(search_verdict(result["trials"]))
     write_json(folder / "search.json", result)
     return result
+
+
+# A search whose trials all score within this much validation balanced accuracy of each other cannot tell its grid
+# points apart: measured on the cpu profile's cohort (216 val images), 36 one-epoch trials spanned 0.2524-0.2528,
+# all at chance, and KerasTuner's "best" was the grid's first point (the smallest learning rate) by a tie.
+SEARCH_MIN_SPREAD = 0.02
+
+
+def search_verdict(trials: list[dict]) -> dict:
+    """Return whether a search's trials differ enough to choose from ('informative') and the spread of their scores."""
+    scores = [trial["score"] for trial in trials if np.isfinite(trial["score"])]
+    spread = float(max(scores) - min(scores)) if scores else 0.0
+    informative = len(scores) >= 2 and spread >= SEARCH_MIN_SPREAD
+    return {"informative": informative, "score_spread": round(spread, 4),
+            "decision": "the best trial's values are used" if informative else
+            f"the trials' scores span {spread:.3f} (< {SEARCH_MIN_SPREAD}): the search could not tell the grid "
+            f"points apart at this budget, so the recipe's own values are kept"}
 
 
 def train_system(name: str, settings: config.Settings, manifest: pd.DataFrame, images: np.ndarray | None = None,

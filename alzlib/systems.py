@@ -426,7 +426,7 @@ def system_recipe(name: str, epochs: int, batch_size: int | None = None, search:
             epochs, recipe["weight_averaging"]["start_fraction"])
     if name == "vit":
         recipe["hyperparameter_search"] = search or "not run: the defaults above (the search space's middle values)"
-        if search:
+        if search and search.get("informative", True):  # an uninformative search keeps the recipe's values
             recipe["optimizer"].update({key: search["best"][key] for key in VIT_SEARCH_SPACE})
     return {**recipe, "system": name, "citation": system.citation, "differences": list(system.differences),
             "preprocessing_family": system.preprocessing_family}

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from alzlib import pipeline, predict, preprocessing, system_training
+from alzlib import pipeline, predict, preprocessing, system_training, systems
 
 
 def load_training_helpers():
@@ -75,3 +75,16 @@ def test_the_vit_search_scores_val_subjects_only_poisoned_test_rows_change_nothi
     poisoned = system_training.search_vit(settings, poisoned_manifest, poisoned_images)
     assert poisoned["best"] == clean["best"] and poisoned["score"] == clean["score"]
     assert len(clean["trials"]) == 2 and (settings.paths.training / "vit" / "search.json").is_file()
+
+
+def test_a_search_whose_trials_tie_keeps_the_recipes_values_and_one_that_separates_them_is_used():
+    tied = system_training.search_verdict([{"score": 0.2524}, {"score": 0.2528}, {"score": 0.2526}])
+    assert tied["informative"] is False and "recipe's own values are kept" in tied["decision"]
+    separated = system_training.search_verdict([{"score": 0.25}, {"score": 0.41}])
+    assert separated["informative"] is True and separated["score_spread"] == 0.16
+    best = {"learning_rate": 1e-5, "gradient_accumulation_steps": 2, "weight_decay": 0.005}
+    kept = systems.system_recipe("vit", 4, 16, {"best": best, **tied})
+    used = systems.system_recipe("vit", 4, 16, {"best": best, **separated})
+    assert kept["optimizer"]["learning_rate"] == systems.RECIPES["vit"]["optimizer"]["learning_rate"]
+    assert used["optimizer"]["learning_rate"] == 1e-5 and used["optimizer"]["gradient_accumulation_steps"] == 2
+    assert kept["hyperparameter_search"]["informative"] is False  # the record keeps what the search found
