@@ -101,6 +101,11 @@ def search_vit(settings: config.Settings, manifest: pd.DataFrame, images: np.nda
     return result
 
 
+def search_if_any(name: str, settings: config.Settings, manifest: pd.DataFrame) -> dict | None:
+    """Run system `name`'s hyperparameter search where its recipe has a search space (the ViT); else return None."""
+    return search_vit(settings, manifest) if "search_space" in systems.check_system_name(name).recipe else None
+
+
 # A search whose trials all score within this much validation balanced accuracy of each other cannot tell its grid
 # points apart: measured on the cpu profile's cohort (216 val images), 36 one-epoch trials spanned 0.2524-0.2528,
 # all at chance, and KerasTuner's "best" was the grid's first point (the smallest learning rate) by a tie.
