@@ -349,13 +349,15 @@ class System:
 SYSTEMS = {
     "alexnet": System(
         "alexnet", build_alexnet, RECIPES["alexnet"],
+        "Gabrielms-1 2025, image_classification_alzheimer (github.com/Gabrielms-1/image_classification_alzheimer): "
+        "AlexNet with batch normalisation on grey 224 px slices of a four-class Kaggle-style set (9,900 images, "
+        "70/15/15 split by image), reported accuracy 0.98 and F1 0.99 at its best epoch (78 of 100); after "
         "Krizhevsky, Sutskever and Hinton 2012, ImageNet classification with deep convolutional neural networks "
-        "(NeurIPS); with batch normalisation (Ioffe and Szegedy 2015) as in the slice-classification system of "
-        "issue 18, whose recipe (SGD 5e-4, momentum 0.9, weight decay 1e-4, batch 128, 100 epochs, p=0.2 affine) "
-        "this follows",
+        "(NeurIPS), and Ioffe and Szegedy 2015 (batch normalisation)",
         (f"dense layers {ALEXNET_DENSE_WIDTH // ALEXNET_SMALL_DENSE_DIVISOR} wide below 224 px instead of "
          f"{ALEXNET_DENSE_WIDTH}: at 64 px the 4096-wide head is most of the weights and CPU time for a 2x2 map",
          "stride 1 in the first convolution instead of 4: five 2x poolings already reduce 64 px to 2x2",
+         "momentum 0.9, the original's first configuration, where its final configuration file sets 0.85",
          PROFILE_EPOCHS, "the profile's batch size where it is smaller than 128 (CPU memory)", OUR_SPLIT,
          "grey repeated to 3 channels, as every model here takes",
          "batch-norm statistics re-estimated on clean training images after every epoch (this project's rule for "
