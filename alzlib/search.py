@@ -58,7 +58,7 @@ def search_vit(train: tuple, val: tuple, num_classes: int, epochs: int = 1, batc
     """
     import keras_tuner
 
-    from alzlib.training import validation_callback
+    from alzlib.training import balanced_class_weights, validation_callback
 
     train_images, train_labels = _check_split(train, "train", num_classes)
     val_images, val_labels = _check_split(val, "val", num_classes)
@@ -70,11 +70,19 @@ def search_vit(train: tuple, val: tuple, num_classes: int, epochs: int = 1, batc
         directory=str(folder), project_name="vit", overwrite=True)
     # Every trial starts from the same seed, so trials differ by their hyperparameters only.
     seeding = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: keras.utils.set_random_seed(seed))
+    # A pipeline's train split comes in class blocks (the manifest's order). Unshuffled, a one-epoch trial ends on
+    # the last block and predicts that class: on the cpu cohort all 36 trials then scored chance and tied. One
+    # seeded permutation mixes the classes and keeps every trial's order the same; fit's own shuffle would draw a
+    # new order per trial from the backend's random state.
+    order = np.random.default_rng(seed).permutation(len(train_labels))
+    train_images, train_labels = train_images[order], train_labels[order]
     tuner.search(train_images, np.eye(num_classes, dtype=np.float32)[train_labels], epochs=epochs,
                  batch_size=batch_size, shuffle=False, verbose=0,
+                 class_weight=balanced_class_weights(train_labels, num_classes),  # as train_system weighs
                  callbacks=[seeding, validation_callback(val_images, val_labels, 0.0)])
     trials = [{"hyperparameters": dict(trial.hyperparameters.values), "score": float(trial.score)}
               for trial in tuner.oracle.get_best_trials(num_trials=max_trials)]
     return {"best": trials[0]["hyperparameters"], "score": trials[0]["score"], "objective": SEARCH_OBJECTIVE,
             "scored_on": "validation subjects only (the test split is not an argument)", "trials": trials,
-            "epochs_per_trial": epochs, "max_trials": max_trials}
+            "epochs_per_trial": epochs, "max_trials": max_trials,
+            "training": "train split once permuted (seeded), balanced class weights, no augmentation"}
