@@ -572,7 +572,7 @@ def estimate_run(profile: config.Profile, images: int, train_images: int, number
                 "seconds": round(sum(seconds.values()), 1), "low_seconds": round(low, 1),
                 "high_seconds": round(high, 1), "images": images, "train_images": train_images,
                 "image_size": profile.image_size, "epochs": profile.epochs,
-                "model_epochs": {name: profile.epochs_for(name) for name in TRAINED_IN.values()
+                "model_epochs": {name: profile.epochs_for(name) for name in (*TRAINED_IN.values(), *systems)
                                  if profile.epochs_for(name) != profile.epochs},
                 "control_models": control_models,
                 "control_epochs": profile.control_epochs, "control_train_images": control_train,

@@ -569,3 +569,10 @@ def test_estimate_adds_each_system_after_08_and_scores_every_trained_model():
     more = runner.estimate_run(profile, 1440, 1008, ["08", "09"], folds=1, systems=("alexnet", "vit"))
     assert list(more["notebooks"]) == ["08", "08 alexnet", "08 vit", "09"]
     assert more["notebooks"]["09"] > base["notebooks"]["09"] and more["notebooks"]["08"] == base["notebooks"]["08"]
+
+
+def test_estimate_names_the_epoch_budget_of_each_selected_system_with_its_own():
+    profile = config.get_profile("cpu")
+    chosen = runner.estimate_run(profile, 1440, 1008, ["08", "09"], folds=1, systems=("alexnet", "convnext_scratch"))
+    assert chosen["model_epochs"] == {"baseline_cnn": 24, "convnext_scratch": 16}  # alexnet runs the common 4
+    assert "resnet50_frozen" not in runner.estimate_run(profile, 1440, 1008, ["09"], folds=1)["model_epochs"]
