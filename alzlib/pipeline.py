@@ -180,10 +180,17 @@ def training_headline(settings: config.Settings, model: str) -> tuple[str, list[
     score = best.get("val_balanced_accuracy")
     text = f"val balanced accuracy {score:.2f}" if score is not None else "no validation score"
     averaged = (record.get("weight_averaging") or {}).get("epochs_averaged")
-    kept = (f"weight average of epoch{'s' if len(averaged) > 1 else ''} {', '.join(map(str, averaged))}, "
-            f"{record.get('epochs_run')} run" if averaged else
+    kept = (f"weight average of {_epoch_span(averaged)} of {record.get('epochs_run')}" if averaged else
             f"best epoch {record.get('best_epoch')} of {record.get('epochs_run')}")
     return f"{text} ({kept}, {record.get('training_seconds', 0):.0f} s training)", warnings
+
+
+def _epoch_span(epochs: list[int]) -> str:
+    """Return 'epoch 4', 'epochs 14-16' (consecutive) or 'epochs 2, 5, 9'."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    consecutive = list(epochs) == list(range(epochs[0], epochs[0] + len(epochs)))
+    return f"epochs {epochs[0]}-{epochs[-1]}" if consecutive else f"epochs {', '.join(map(str, epochs))}"
 
 
 def control_headline(settings: config.Settings) -> tuple[str, list[str]]:

@@ -32,7 +32,7 @@ def test_a_system_with_weight_averaging_keeps_the_average_and_a_record_predictio
     assert record["weight_averaging"]["epochs_averaged"] == [2]  # SWA from 80% of 2 epochs: the last one
     assert record["weight_averaging"]["batch_norm_layers_reestimated"] == 0  # ConvNeXt has LayerNorm only
     headline, _ = pipeline.training_headline(settings, "convnext_scratch")
-    assert "(weight average of epoch 2, 2 run, " in headline and headline.startswith("val balanced accuracy")
+    assert "(weight average of epoch 2 of 2, " in headline and headline.startswith("val balanced accuracy")
     assert record["recipe"]["citation"] and record["preprocessing"]["family"] == "efficientnet"
     predictor = predict.load_predictor(settings.paths.models / "convnext_scratch.keras")
     inputs = preprocessing.prepare_images(list(images[:3]), predictor.spec)
@@ -88,3 +88,8 @@ def test_a_search_whose_trials_tie_keeps_the_recipes_values_and_one_that_separat
     assert kept["optimizer"]["learning_rate"] == systems.RECIPES["vit"]["optimizer"]["learning_rate"]
     assert used["optimizer"]["learning_rate"] == 1e-5 and used["optimizer"]["gradient_accumulation_steps"] == 2
     assert kept["hyperparameter_search"]["informative"] is False  # the record keeps what the search found
+
+
+def test_a_weight_average_headline_names_consecutive_epochs_as_a_span():
+    assert pipeline._epoch_span([14, 15, 16]) == "epochs 14-16"
+    assert pipeline._epoch_span([2, 5]) == "epochs 2, 5" and pipeline._epoch_span([4]) == "epoch 4"
